@@ -1,0 +1,188 @@
+"""The ``rolekit`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from rolekit.plugins import Kernel, PluginError, UnknownNameError
+
+err = Console(stderr=True)
+
+
+def _kernel(args) -> Kernel:
+    return Kernel(disable=getattr(args, "disable", None) or ())
+
+
+# --- rolekit plugins / games ---------------------------------------------------------------
+
+
+def cmd_plugins(args) -> int:
+    rows = _kernel(args).describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = RichTable("plugin", "version", "registers")
+    for row in rows:
+        what = "; ".join(f"{k}: {', '.join(v)}" for k, v in row.items() if isinstance(v, list))
+        table.add_row(row["name"], row["version"] or "-", what if "error" not in row else f"[red]{row['error']}")
+    Console().print(table)
+    return 0
+
+
+def cmd_games(args) -> int:
+    kernel = _kernel(args)
+    rows = [{"name": e.name, "plugin": e.plugin, "roles": list(e.obj.role_names()),
+             "description": e.obj.description or (e.obj.__doc__ or "").strip().splitlines()[0]}
+            for e in kernel.games]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = RichTable("game", "plugin", "roles", "description")
+    for row in rows:
+        table.add_row(row["name"], row["plugin"], ", ".join(row["roles"]), row["description"])
+    Console().print(table)
+    return 0
+
+
+# --- rolekit rollout -------------------------------------------------------------------------
+
+
+def cmd_rollout(args) -> int:
+    from rolekit import rollout
+    from rolekit.backends.hf import HFBackend
+    from rolekit.chat import ChatTokenizer
+    from rolekit.models import load_model
+    from rolekit.table import ModelResponder, Scheduler
+
+    import torch
+
+    kernel = _kernel(args)
+    game = rollout.make_game(kernel, args.game, rollout.parse_pairs(args.option, "--option"))
+    seats = {k: str(v) for k, v in rollout.parse_pairs(args.seat, "--seat").items()}
+    responders = rollout.scripted_responders(kernel, game, seats)
+    torch.manual_seed(args.seed)
+    err.print(f"loading {args.model} ...")
+    loaded = load_model(args.model, device=args.device)
+    backend = HFBackend(loaded.model, loaded.tokenizer, max_batch_size=args.batch_size)
+    chat = ChatTokenizer(loaded.tokenizer)
+    responders["policy"] = ModelResponder("policy", backend, chat, temperature=args.temperature,
+                                          max_new_tokens=args.max_new_tokens)
+    scheduler = Scheduler(responders, kernel=kernel, concurrency=args.concurrency)
+    specs = rollout.specs(game, args.episodes, args.seed, seats, alternate=args.alternate)
+    start = time.perf_counter()
+    episodes = []
+    with _progress(args, args.episodes, f"playing {args.game}") as advance:
+        for episode in scheduler.run(specs):
+            episodes.append(episode)
+            advance()
+    seconds = time.perf_counter() - start
+    summary = rollout.summarize(episodes)
+    policy_turns = sum(1 for ep in episodes for t in ep.turns if t.responder == "policy")
+    report = {
+        "game": args.game, "model": args.model, "episodes": len(episodes),
+        "quarantined": sum(not ep.ok for ep in episodes), "seconds": round(seconds, 3),
+        "backend_calls": backend.calls, "generated_tokens": backend.tokens_generated,
+        "tokens_per_second": round(backend.tokens_generated / seconds, 1) if seconds else None,
+        "policy_turns": policy_turns, "roles": summary,
+    }
+    sample = next((ep for ep in episodes if ep.ok), episodes[0] if episodes else None)
+    if args.json:
+        report["sample_transcript"] = rollout.transcript(sample) if sample else None
+        print(json.dumps(report, indent=2))
+        return 0
+    table = RichTable("role", "episodes", "mean return", "win", "draw", "loss", "invalid",
+                      title=f"{args.game} on {args.model}")
+    for role, s in summary.items():
+        table.add_row(role, str(s["episodes"]), f"{s['mean_return']:+.3f}", *(f"{s[k]:.2f}" for k in
+                      ("win", "draw", "loss", "invalid")))
+    console = Console()
+    console.print(table)
+    console.print(f"{len(episodes)} episodes in {seconds:.1f}s, {backend.calls} batched backend calls, "
+                  f"{backend.tokens_generated} tokens ({report['tokens_per_second']} tok/s)")
+    if sample:
+        console.rule("sample transcript")
+        console.print(rollout.transcript(sample), markup=False, highlight=False)
+    return 0
+
+
+class _progress:
+    """A rich progress bar on stderr (nothing under --json/--quiet or when not a terminal)."""
+
+    def __init__(self, args, total: int, label: str):
+        self.enabled = not getattr(args, "json", False) and not getattr(args, "quiet", False)
+        self.total, self.label = total, label
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=err, transient=True)
+        self.progress.start()
+        task = self.progress.add_task(self.label, total=self.total)
+        return lambda: self.progress.advance(task)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.stop()
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rolekit", description="Train one language model by self-play "
+                                     "across many roles.")
+    parser.add_argument("--disable", action="append", metavar="PLUGIN", help="block a plugin by name")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list installed plugins and what they register")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("games", help="list the games (role graphs) plugins provide")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_games)
+
+    p = sub.add_parser("rollout", help="play episodes with a model and print per-role returns")
+    p.add_argument("--game", required=True)
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="smollm2-135m-instruct (embedded default), tiny-random, or a model directory")
+    p.add_argument("--episodes", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="max sequences per generate call")
+    p.add_argument("--seat", action="append", default=[], metavar="ROLE=WHO",
+                   help="who plays a role: policy (default) or scripted:NAME")
+    p.add_argument("--alternate", action="store_true", help="rotate seats every episode")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="game option")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_rollout)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (PluginError, UnknownNameError, ValueError) as exc:
+        err.print(f"[red]rolekit: error:[/red] {exc}", markup=True, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("rolekit: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Games are role graphs: ``Game`` (write ``play`` by hand) and ``TurnBasedGame``."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import attrs
+
+from rolekit.answers import extract_answer, normalize
+from rolekit.types import Role
+
+if TYPE_CHECKING:
+    from rolekit.table import Table
+
+MODES = ("terse", "reasoning")
+
+
+class Game:
+    """A role graph written as straight-line async code against a ``Table``.
+
+    Subclasses set ``name``, ``roles`` and ``description`` and implement ``play``.
+    Constructor keyword arguments are the game's options (from configs or the CLI).
+    """
+
+    name: ClassVar[str] = ""
+    roles: ClassVar[tuple[Role, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def __init__(self, **options: Any):
+        if options:
+            raise TypeError(f"game {self.name!r} takes no option {sorted(options)[0]!r}")
+
+    @classmethod
+    def role_names(cls) -> tuple[str, ...]:
+        return tuple(r.name for r in cls.roles)
+
+    async def play(self, table: "Table") -> None:
+        raise NotImplementedError
+
+
+@attrs.frozen
+class InvalidMoveRule:
+    """What an invalid move costs (SPIRAL: game ends, offender -1.5, everyone else +0.5)."""
+
+    ends_game: bool = True
+    penalty: float = -1.5
+    opponent_reward: float = 0.5
+
+
+@attrs.frozen
+class MoveInfo:
+    """What a scripted opponent is given for one move of a turn-based game."""
+
+    game: "TurnBasedGame"
+    state: Any
+    role: str
+    legal_actions: tuple[str, ...]
+
+
+class TurnBasedGame(Game):
+    """Helper for alternating-move games: implement the rules, get prompts and ``play``.
+
+    Subclasses implement ``reset``, ``current_role``, ``observe``, ``legal_actions``,
+    ``apply`` and ``returns`` (None while the game is not over), and ``rules``.
+    ``parse_action`` may be overridden for free-form actions (the default matches the
+    extracted answer against ``legal_actions``, ignoring case and spacing).
+
+    Options: ``mode`` "terse" (answer only) or "reasoning" (think, then answer);
+    ``thread``: each seat continues one chat (its context extends the previous one)
+    instead of a fresh prompt per move; ``max_new_tokens`` per move; ``invalid_move``.
+    """
+
+    max_turns: ClassVar[int] = 100  # safety bound on moves in one episode
+
+    def __init__(
+        self,
+        *,
+        mode: str = "terse",
+        thread: bool = False,
+        max_new_tokens: int | None = None,
+        invalid_penalty: float = -1.5,
+        invalid_opponent_reward: float = 0.5,
+        invalid_ends_game: bool = True,
+        **options: Any,
+    ):
+        super().__init__(**options)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.thread = thread
+        self.max_new_tokens = max_new_tokens or (16 if mode == "terse" else 256)
+        self.invalid_move = InvalidMoveRule(invalid_ends_game, invalid_penalty, invalid_opponent_reward)
+
+    # --- rules: implemented by each game ------------------------------------------------
+
+    def reset(self, rng: random.Random) -> Any:
+        raise NotImplementedError
+
+    def current_role(self, state: Any) -> str:
+        raise NotImplementedError
+
+    def observe(self, state: Any, role: str) -> str:
+        """What ``role`` sees now, as text (its own private information only)."""
+        raise NotImplementedError
+
+    def legal_actions(self, state: Any) -> Sequence[str]:
+        raise NotImplementedError
+
+    def apply(self, state: Any, action: str) -> Any:
+        raise NotImplementedError
+
+    def returns(self, state: Any) -> dict[str, float] | None:
+        raise NotImplementedError
+
+    def rules(self, role: str) -> str:
+        return f"You are playing {self.name} as {role}."
+
+    def outcome(self, state: Any) -> dict[str, Any]:
+        """Game-specific facts for ``episode.info`` once over (e.g. the winner)."""
+        return {}
+
+    # --- prompts and parsing ------------------------------------------------------------
+
+    def format_action(self, action: str) -> str:
+        return f"[{action}]"
+
+    def instructions(self, state: Any) -> str:
+        legal = ", ".join(self.format_action(a) for a in self.legal_actions(state))
+        if self.mode == "terse":
+            return f"Legal actions: {legal}\nReply with exactly one legal action in square brackets, nothing else."
+        return (
+            f"Legal actions: {legal}\nThink step by step, then give your final action as "
+            f"\\boxed{{action}}, e.g. \\boxed{{{self.legal_actions(state)[0]}}}."
+        )
+
+    def prompt(self, state: Any, role: str) -> str:
+        return f"{self.rules(role)}\n\n{self.observe(state, role)}\n\n{self.instructions(state)}"
+
+    def follow_up(self, state: Any, role: str) -> str:
+        """The next message in a threaded seat's chat (rules were in the first one)."""
+        return f"{self.observe(state, role)}\n\n{self.instructions(state)}"
+
+    def parse_action(self, state: Any, text: str) -> str | None:
+        """The legal action ``text`` names, or None (an invalid move). Never raises."""
+        answer = extract_answer(text)
+        if answer is None:
+            return None
+        wanted = normalize(answer)
+        for action in self.legal_actions(state):
+            if normalize(action) == wanted:
+                return action
+        return None
+
+    # --- the episode --------------------------------------------------------------------
+
+    async def play(self, table: "Table") -> None:
+        state = self.reset(table.rng)
+        last_turn: dict[str, Any] = {}
+        for _ in range(self.max_turns):
+            result = self.returns(state)
+            if result is not None:
+                break
+            role = self.current_role(state)
+            move = MoveInfo(self, state, role, tuple(self.legal_actions(state)))
+            previous = last_turn.get(role) if self.thread else None
+            text = self.follow_up(state, role) if previous is not None else self.prompt(state, role)
+            [turn] = await table.ask(role, text, after=previous, info=move, max_new_tokens=self.max_new_tokens)
+            last_turn[role] = turn
+            action = self.parse_action(state, turn.text)
+            table.set_action(turn, action)
+            if action is None:
+                table.set_info(invalid=role)
+                if self.invalid_move.ends_game:
+                    result = {
+                        r.name: (self.invalid_move.penalty if r.name == role else self.invalid_move.opponent_reward)
+                        for r in self.roles
+                    }
+                    break
+                table.reward(turn, self.invalid_move.penalty)
+                continue
+            state = self.apply(state, action)
+        else:
+            raise RuntimeError(f"{self.name}: no result after {self.max_turns} moves")
+        for role_name, value in result.items():
+            table.set_return(role_name, value)
+        if table.info.get("invalid") is None:
+            table.set_info(**self.outcome(state))
+        winners = [r for r, v in result.items() if v == max(result.values())]
+        table.set_info(winner=winners[0] if len(winners) == 1 else None)

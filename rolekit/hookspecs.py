@@ -1,0 +1,112 @@
+"""The whole extension surface of rolekit, in one file.
+
+A plugin is a module (or object) with functions marked ``@rolekit.hookimpl`` whose names
+match the specs below. Installed plugins are distributions with an entry point in group
+``rolekit``; rolekit's own built-ins are registered through the same path and can be
+blocked by name like any other plugin.
+
+Hooks are grouped by phase:
+
+* **registration** (called once, when the plugin manager loads): each hook receives a
+  ``registry`` and calls ``registry.add(...)``. Names must be unique across plugins: a
+  duplicate is refused with a message naming both plugins.
+* **observation** (called during rollouts and training): episode and step observers.
+
+An implementation may accept fewer arguments than its spec declares, so arguments are
+only ever added to these specs, never removed or renamed.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("rolekit")
+hookimpl = pluggy.HookimplMarker("rolekit")
+
+
+# --- registration -------------------------------------------------------------------
+
+
+@hookspec
+def rolekit_register_games(registry):
+    """Register role graphs (``Game`` subclasses).
+
+    Called once at load. ``registry.add(GameClass)`` uses ``GameClass.name``; the class
+    must define ``roles`` and ``async def play(self, table)`` (or subclass
+    ``TurnBasedGame``). Options given in configs or ``--option k=v`` are passed to the
+    class's constructor. Return value ignored.
+    """
+
+
+@hookspec
+def rolekit_register_roles(registry):
+    """Register reusable roles (a judge, a verifier seat, ...) as ``Role`` values.
+
+    Called once at load: ``registry.add(Role("judge", "scores an answer 0-10"))``. Games
+    may refer to registered roles by name. Return value ignored.
+    """
+
+
+@hookspec
+def rolekit_register_verifiers(registry):
+    """Register verifiers: ``registry.add(name, fn)`` with ``fn(*args, **kwargs) -> Verdict``.
+
+    Called once at load. Games call them through ``table.verify(name, ...)``. A verifier
+    must not raise on malformed answers: it returns ``Verdict(score=0, ok=False)``.
+    Return value ignored.
+    """
+
+
+@hookspec
+def rolekit_register_rewards(registry):
+    """Register reward shapers: ``registry.add(name, fn)``.
+
+    Called once at load. A shaper is a plain function accepting keyword arguments (and
+    ``**kwargs`` for forward compatibility) and returning a float or a mapping
+    role -> float, e.g. ``zero_sum``, ``invalid_move``, ``gaussian_difficulty``.
+    Return value ignored.
+    """
+
+
+@hookspec
+def rolekit_register_advantages(registry):
+    """Register advantage estimators: ``registry.add(name, factory)``.
+
+    Called once at load. ``factory(**options)`` returns an object with
+    ``samples(episodes) -> list[Sample]`` and ``state_dict()`` / ``load_state_dict()``
+    (for checkpoints). Built-ins: ``rae``, ``grpo``, ``role_norm``, ``raw``.
+    Return value ignored.
+    """
+
+
+@hookspec
+def rolekit_register_opponents(registry):
+    """Register scripted policies: ``registry.add(name, fn, games=(...))``.
+
+    Called once at load. ``fn(move, rng) -> str`` receives a ``MoveInfo`` (game, state,
+    role, legal actions) and a ``random.Random`` and returns one legal action.
+    ``games`` limits the opponent to those games (``None``: any turn-based game).
+    Seat maps refer to them as ``scripted:NAME``. Return value ignored.
+    """
+
+
+# --- observation --------------------------------------------------------------------
+
+
+@hookspec
+def rolekit_episode_end(episode):
+    """Called once for every finished episode, quarantined ones included (``episode.error``).
+
+    Observers log, count or filter: return ``False`` to drop the episode from training
+    (any ``False`` drops it; ``None`` or ``True`` keeps it). Cross-cutting behaviour
+    (timing, logging) is best written as a ``hookimpl(wrapper=True)``.
+    """
+
+
+@hookspec
+def rolekit_step_end(step, metrics):
+    """Called after every training step, with the step number and its metrics dict.
+
+    Implementations may add keys to ``metrics`` (it is written to ``metrics.jsonl``
+    after all observers ran). Return value ignored.
+    """

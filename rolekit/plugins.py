@@ -1,0 +1,217 @@
+"""Plugin manager: entry-point loading, built-ins, registries, and typed hook access."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import os
+import sys
+from typing import Any, Iterable, Iterator
+
+import attrs
+import pluggy
+
+from rolekit import hookspecs
+
+ENTRY_POINT_GROUP = "rolekit"
+BUILTIN_PLUGINS = {"builtins": "rolekit.builtins"}
+DISABLE_ENV = "ROLEKIT_DISABLE_PLUGINS"  # comma-separated plugin names
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded, or two plugins registered the same name."""
+
+
+class UnknownNameError(KeyError):
+    """A name that no plugin registered; the message lists the closest valid ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@attrs.frozen
+class Entry:
+    """One registered thing and the plugin that registered it."""
+
+    name: str
+    obj: Any
+    plugin: str
+    meta: dict[str, Any] = attrs.Factory(dict)
+
+
+class Registry:
+    """Name -> Entry for one kind of thing; refuses duplicates, naming both plugins."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        self.current_plugin = "<direct>"
+
+    def add(self, name_or_obj, obj=None, **meta) -> None:
+        if obj is None:
+            obj = name_or_obj
+            name = getattr(obj, "name", None)
+            if not isinstance(name, str):
+                raise PluginError(
+                    f"plugin {self.current_plugin!r}: registering a {self.kind[:-1]} needs a name: "
+                    f"registry.add(name, obj) or an object with a .name"
+                )
+        else:
+            name = name_or_obj
+        if name in self._entries:
+            other = self._entries[name].plugin
+            raise PluginError(
+                f"{self.kind[:-1]} {name!r} is registered by both plugin {other!r} and plugin "
+                f"{self.current_plugin!r}; block one of them ({DISABLE_ENV}={other} or --disable)"
+            )
+        self._entries[name] = Entry(name, obj, self.current_plugin, dict(meta))
+
+    def entry(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._entries), n=3)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            valid = ", ".join(sorted(self._entries)) or "none installed"
+            raise UnknownNameError(f"unknown {self.kind[:-1]} {name!r}{hint} (available: {valid})") from None
+
+    def get(self, name: str) -> Any:
+        return self.entry(name).obj
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+
+REGISTRY_HOOKS = {
+    "games": "rolekit_register_games",
+    "roles": "rolekit_register_roles",
+    "verifiers": "rolekit_register_verifiers",
+    "rewards": "rolekit_register_rewards",
+    "advantages": "rolekit_register_advantages",
+    "opponents": "rolekit_register_opponents",
+}
+
+
+@attrs.frozen
+class PluginInfo:
+    name: str
+    version: str | None
+    module: str
+    error: str | None = None
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class Kernel:
+    """The loaded plugins: one typed method or registry per hook (the engine never calls pluggy)."""
+
+    def __init__(
+        self,
+        plugins: Iterable[Any] = (),
+        *,
+        load_entrypoints: bool = True,
+        builtins: bool = True,
+        disable: Iterable[str] = (),
+    ):
+        self.pm = pluggy.PluginManager("rolekit")
+        self.pm.add_hookspecs(hookspecs)
+        blocked = set(disable) | {n for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+        for name in blocked:
+            self.pm.set_blocked(name.strip())
+        self.info: dict[str, PluginInfo] = {}
+        if builtins:
+            for name, module in BUILTIN_PLUGINS.items():
+                self._register(importlib.import_module(module), name, version=_version("rolekit"))
+        if load_entrypoints:
+            self._load_entrypoints()
+        for plugin in plugins:
+            self._register(plugin, getattr(plugin, "__name__", None) or type(plugin).__name__, None)
+        self.pm.check_pending()
+        self.games = self._fill("games")
+        self.roles = self._fill("roles")
+        self.verifiers = self._fill("verifiers")
+        self.rewards = self._fill("rewards")
+        self.advantages = self._fill("advantages")
+        self.opponents = self._fill("opponents")
+
+    # --- loading --------------------------------------------------------------------
+
+    def _register(self, plugin, name: str, version: str | None) -> None:
+        if self.pm.is_blocked(name):
+            return
+        try:
+            self.pm.register(plugin, name=name)
+        except ValueError as exc:
+            raise PluginError(f"plugin {name!r} could not be registered: {exc}") from None
+        self.info[name] = PluginInfo(name, version, getattr(plugin, "__name__", repr(plugin)))
+
+    def _load_entrypoints(self) -> None:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if self.pm.is_blocked(ep.name) or self.pm.has_plugin(ep.name):
+                continue
+            version = ep.dist.version if ep.dist else None
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin is reported by name and skipped
+                message = f"{type(exc).__name__}: {exc}"
+                self.info[ep.name] = PluginInfo(ep.name, version, ep.value, error=message)
+                print(f"rolekit: plugin {ep.name!r} ({ep.value}) failed to load and was skipped: {message}",
+                      file=sys.stderr)
+                continue
+            self._register(plugin, ep.name, version)
+
+    def _fill(self, kind: str) -> Registry:
+        registry = Registry(kind)
+        caller = getattr(self.pm.hook, REGISTRY_HOOKS[kind])
+        for impl in caller.get_hookimpls():  # registration order
+            registry.current_plugin = impl.plugin_name
+            try:
+                impl.function(**{arg: registry for arg in impl.argnames})
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} failed in {REGISTRY_HOOKS[kind]}: {type(exc).__name__}: {exc}"
+                ) from exc
+        return registry
+
+    # --- typed hook calls -----------------------------------------------------------
+
+    def episode_end(self, episode) -> bool:
+        """Run the episode observers; False when any of them drops the episode."""
+        return all(answer is not False for answer in self.pm.hook.rolekit_episode_end(episode=episode))
+
+    def step_end(self, step: int, metrics: dict) -> None:
+        self.pm.hook.rolekit_step_end(step=step, metrics=metrics)
+
+    # --- reporting ------------------------------------------------------------------
+
+    def describe(self) -> list[dict]:
+        """What each plugin registers, for ``rolekit plugins``."""
+        out = []
+        for name, info in sorted(self.info.items()):
+            row = {"name": name, "version": info.version, "module": info.module}
+            if info.error:
+                row["error"] = info.error
+            for kind in REGISTRY_HOOKS:
+                registry: Registry = getattr(self, kind, None) or Registry(kind)
+                names = [e.name for e in registry if e.plugin == name]
+                if names:
+                    row[kind] = names
+            out.append(row)
+        return out

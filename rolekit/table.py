@@ -1,0 +1,389 @@
+"""The episode runtime: ``Table`` (what a game sees) and the ``Scheduler`` that batches asks.
+
+A game's ``play`` is a coroutine. ``await table.ask(...)`` suspends it and hands the ask
+to the scheduler, which drives many episodes at once: every round it collects all
+pending asks, groups them by who answers them (the seat map), answers each group in one
+backend call, and resumes the episodes. No event loop is involved, so a breakpoint in a
+game works as in any Python code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import sys
+import traceback
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+import attrs
+
+from rolekit.types import Episode, Turn, Verdict
+
+if TYPE_CHECKING:
+    from rolekit.game import Game
+    from rolekit.plugins import Kernel
+
+POLICY = "policy"
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")
+
+
+class RolloutAborted(RuntimeError):
+    """Too many episodes raised; the message carries the first traceback."""
+
+
+@attrs.frozen
+class AskRequest:
+    """One ``table.ask`` as a responder sees it."""
+
+    game: str
+    role: str
+    prompt: Any  # str or chat messages
+    n: int
+    sampling: dict[str, Any]
+    info: Any = None  # game-specific (e.g. MoveInfo) for scripted responders
+    after: Turn | None = None  # continue this turn's thread
+    rng: random.Random | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
+class Answer:
+    """What a responder returns for one sample of an ask."""
+
+    text: str
+    prompt_ids: tuple[int, ...] = ()
+    completion_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
+    finish_reason: str = "stop"
+    temperature: float = 1.0
+
+
+class Responder(Protocol):
+    """Answers asks: the trained policy, a snapshot, another model, or a scripted player."""
+
+    name: str
+
+    def respond(self, asks: Sequence[AskRequest]) -> list[list[Answer]]: ...
+
+
+class Ask:
+    """``await table.ask(...)``: suspends the episode until its answers arrive."""
+
+    def __init__(self, table: "Table", role: str, prompt: Any, n: int, after: Turn | None, info: Any, sampling):
+        self.table, self.role, self.prompt, self.n = table, role, prompt, n
+        self.after, self.info, self.sampling = after, info, sampling
+        self.answers: list[Answer] | None = None
+
+    def request(self) -> AskRequest:
+        return AskRequest(self.table.game_name, self.role, self.prompt, self.n, self.sampling,
+                          self.info, self.after, self.table.responder_rng)
+
+    def __await__(self):
+        yield (self,)
+        return self.table._record(self)
+
+
+class Gather:
+    """``await table.gather(ask_a, ask_b, ...)``: several asks answered in the same round."""
+
+    def __init__(self, asks: Sequence[Ask]):
+        self.asks = tuple(asks)
+
+    def __await__(self):
+        yield self.asks
+        return [a.table._record(a) for a in self.asks]
+
+
+class Table:
+    """What a game sees during one episode."""
+
+    def __init__(self, game: "Game", seed: int, seats: dict[str, str], kernel: "Kernel | None" = None,
+                 turn_ids: Iterator[int] | None = None):
+        self.game = game
+        self.game_name = game.name
+        self.seed = seed
+        self.seats = dict(seats)
+        self.rng = random.Random(seed)
+        self.responder_rng = random.Random(seed * 1_000_003 + 17)
+        self.kernel = kernel
+        self.turns: list[Turn] = []
+        self.rewards: dict[int, float] = {}
+        self.terminal: dict[str, float] = {}
+        self.logs: dict[str, float] = {}
+        self.info: dict[str, Any] = {}
+        self._actions: dict[int, str | None] = {}
+        self._ids = turn_ids if turn_ids is not None else itertools.count()
+
+    # --- asking ---------------------------------------------------------------------
+
+    def ask(self, role: str, prompt: Any, n: int = 1, *, after: Turn | None = None, info: Any = None,
+            **sampling) -> Ask:
+        """Ask ``role`` for ``n`` answers to ``prompt`` (a string or chat messages).
+
+        ``after``: a previous Turn of the same seat whose context (prompt + completion
+        token ids) this ask extends, so multi-turn contexts are never re-tokenised.
+        ``sampling``: max_new_tokens, temperature, top_p, top_k. Await the result: a
+        list of ``n`` Turns.
+        """
+        if role not in self.game.role_names():
+            raise ValueError(f"game {self.game_name!r} has no role {role!r} (roles: {self.game.role_names()})")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        unknown = set(sampling) - set(SAMPLING_KEYS)
+        if unknown:
+            raise TypeError(f"unknown sampling option {sorted(unknown)[0]!r}; valid: {SAMPLING_KEYS}")
+        return Ask(self, role, prompt, n, after, info, sampling)
+
+    def gather(self, *asks: Ask) -> Gather:
+        """Await several asks at once: ``a, b = await table.gather(table.ask(..), table.ask(..))``."""
+        return Gather(asks)
+
+    def _record(self, ask: Ask) -> list[Turn]:
+        responder = self.seats.get(ask.role, POLICY)
+        turns = []
+        for answer in ask.answers or ():
+            turn = Turn(
+                id=next(self._ids), role=ask.role, game=self.game_name, text=answer.text, prompt=ask.prompt,
+                prompt_ids=answer.prompt_ids, completion_ids=answer.completion_ids, logprobs=answer.logprobs,
+                responder=responder, parent=ask.after.id if ask.after is not None else None,
+                finish_reason=answer.finish_reason, temperature=answer.temperature,
+            )
+            self.turns.append(turn)
+            turns.append(turn)
+        return turns
+
+    # --- outcomes -------------------------------------------------------------------
+
+    def reward(self, turn: Turn, x: float) -> None:
+        """Add ``x`` to ``turn``'s reward (and so to its role's episode return)."""
+        self.rewards[turn.id] = self.rewards.get(turn.id, 0.0) + float(x)
+
+    def set_return(self, role: str, x: float) -> None:
+        """Set the terminal return of ``role`` (added to its turns' rewards)."""
+        self.terminal[role] = float(x)
+
+    def set_action(self, turn: Turn, action: str | None) -> None:
+        """Record the move a game extracted from ``turn`` (None: invalid)."""
+        self._actions[turn.id] = action
+
+    def set_info(self, **facts: Any) -> None:
+        self.info.update(facts)
+
+    def log(self, key: str, x: float) -> None:
+        self.logs[key] = float(x)
+
+    def verify(self, name: str, *args, **kwargs) -> Verdict:
+        """Run a registered verifier; a verifier that raises yields ``Verdict(0, ok=False)``."""
+        if self.kernel is None:
+            raise RuntimeError("table.verify needs a Kernel (no plugins loaded)")
+        fn = self.kernel.verifiers.get(name)
+        try:
+            verdict = fn(*args, **kwargs)
+        except Exception as exc:
+            return Verdict(0.0, ok=False, detail=f"verifier {name!r} raised {type(exc).__name__}: {exc}")
+        return verdict if isinstance(verdict, Verdict) else Verdict(float(verdict))
+
+    def episode(self, error: str | None = None) -> Episode:
+        turns = tuple(attrs.evolve(t, action=self._actions[t.id]) if t.id in self._actions else t
+                      for t in self.turns)
+        returns = {r: 0.0 for r in self.game.role_names()}
+        for t in turns:
+            returns[t.role] += self.rewards.get(t.id, 0.0)
+        for role, x in self.terminal.items():
+            returns[role] = returns.get(role, 0.0) + x
+        return Episode(game=self.game_name, seed=self.seed, turns=turns, rewards=dict(self.rewards),
+                       returns=returns, seats=dict(self.seats), logs=dict(self.logs), error=error,
+                       info=dict(self.info))
+
+
+# --- responders ---------------------------------------------------------------------------
+
+
+class ModelResponder:
+    """Answers asks with a language model through a backend, all asks of a round in one call."""
+
+    def __init__(self, name: str, backend, chat, *, max_new_tokens: int = 64, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0):
+        from rolekit.types import GenerationRequest  # local: keeps table import light
+
+        self._request = GenerationRequest
+        self.name, self.backend, self.chat = name, backend, chat
+        self.defaults = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                         "top_k": top_k}
+
+    def prompt_ids(self, ask: AskRequest) -> tuple[int, ...]:
+        if ask.after is None:
+            return self.chat.encode(ask.prompt)
+        if not isinstance(ask.prompt, str):
+            raise TypeError("a follow-up ask (after=turn) takes the new user message as a string")
+        return self.chat.continue_ids(ask.after.context_ids, ask.after.finish_reason, ask.prompt)
+
+    def respond(self, asks: Sequence[AskRequest]) -> list[list[Answer]]:
+        requests, owners = [], []
+        for i, ask in enumerate(asks):
+            ids = self.prompt_ids(ask)
+            params = {**self.defaults, **ask.sampling}
+            for _ in range(ask.n):
+                requests.append(self._request(prompt_ids=ids, **params))
+                owners.append(i)
+        generations = self.backend.generate(requests)
+        out: list[list[Answer]] = [[] for _ in asks]
+        for owner, req, gen in zip(owners, requests, generations):
+            out[owner].append(Answer(
+                text=self.chat.decode(gen.completion_ids), prompt_ids=req.prompt_ids,
+                completion_ids=gen.completion_ids, logprobs=gen.logprobs, finish_reason=gen.finish_reason,
+                temperature=req.temperature,
+            ))
+        return out
+
+
+class ScriptedResponder:
+    """A scripted opponent: ``fn(move_info, rng) -> action``, answered without a model."""
+
+    def __init__(self, name: str, fn: Callable[[Any, random.Random], str]):
+        self.name, self.fn = name, fn
+
+    def respond(self, asks: Sequence[AskRequest]) -> list[list[Answer]]:
+        out = []
+        for ask in asks:
+            if ask.info is None:
+                raise TypeError(f"{self.name} can only play turn-based games (the ask carries no move info)")
+            out.append([Answer(text=ask.info.game.format_action(self.fn(ask.info, ask.rng)))
+                        for _ in range(ask.n)])
+        return out
+
+
+# --- the scheduler ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class EpisodeSpec:
+    """One episode to play: a game instance, its seed, and who sits in each seat."""
+
+    game: Any  # a Game instance
+    seed: int
+    seats: dict[str, str] = attrs.Factory(dict)  # role -> responder name (default: "policy")
+
+
+class _Running:
+    """An episode in flight: its table, its coroutine, and the asks it waits on."""
+
+    def __init__(self, spec: EpisodeSpec, kernel, turn_ids):
+        seats = {role: spec.seats.get(role, POLICY) for role in spec.game.role_names()}
+        self.table = Table(spec.game, spec.seed, seats, kernel, turn_ids)
+        self.coro = spec.game.play(self.table)
+        self.waiting: tuple[Ask, ...] = ()
+
+    def advance(self) -> Episode | None:
+        """Run the game until it asks something (None) or ends (its Episode)."""
+        try:
+            yielded = self.coro.send(None)
+        except StopIteration:
+            return self.table.episode()
+        except Exception:
+            return self.table.episode(error=traceback.format_exc())
+        if not (isinstance(yielded, tuple) and yielded and all(isinstance(a, Ask) for a in yielded)):
+            self.coro.close()
+            return self.table.episode(error=f"TypeError: a game may only await table.ask/table.gather, "
+                                            f"got {yielded!r}")
+        self.waiting = yielded
+        return None
+
+
+class Scheduler:
+    """Keeps ``concurrency`` episodes alive and answers their asks in batches.
+
+    ``responders`` maps responder names (seat map values) to responders. Each round,
+    scripted responders answer first (repeatedly, so games against a scripted opponent
+    do not wait a round for it); then every model responder answers all asks pending
+    for it in one call.
+    """
+
+    def __init__(self, responders: dict[str, Responder], *, kernel: "Kernel | None" = None,
+                 concurrency: int = 64, max_failures: int = 20):
+        self.responders = dict(responders)
+        self.kernel = kernel
+        self.concurrency = concurrency
+        self.max_failures = max_failures
+        self.failures = 0
+        self.rounds = 0
+        self._turn_ids = itertools.count()
+
+    def run(self, specs: Iterable[EpisodeSpec]) -> Iterator[Episode]:
+        """Play every spec; yield episodes as they finish (not in input order)."""
+        pending = iter(specs)
+        running: list[_Running] = []
+        exhausted = False
+        while True:
+            # --- refill: start episodes until `concurrency` are waiting on an ask --------
+            while not exhausted and len(running) < self.concurrency:
+                spec = next(pending, None)
+                if spec is None:
+                    exhausted = True
+                    break
+                for responder in set(spec.seats.values()) - set(self.responders) - {POLICY}:
+                    raise KeyError(f"no responder {responder!r} for episode of {spec.game.name!r}")
+                item = _Running(spec, self.kernel, self._turn_ids)
+                done = item.advance()
+                if done is not None:
+                    yield self._finish(done)
+                else:
+                    running.append(item)
+            if not running:
+                return
+            # --- answer: one batch per responder, scripted ones until only models remain -
+            self.rounds += 1
+            finished = yield from self._answer_round(running)
+            running = [r for r in running if r not in finished]
+
+    def _answer_round(self, running: list[_Running]):
+        finished = set()
+        while True:
+            groups: dict[str, list[tuple[_Running, Ask]]] = defaultdict(list)
+            for item in running:
+                if item in finished:
+                    continue
+                for ask in item.waiting:
+                    if ask.answers is not None:
+                        continue
+                    groups[item.table.seats.get(ask.role, POLICY)].append((item, ask))
+            scripted = {name: g for name, g in groups.items() if isinstance(self._responder(name), ScriptedResponder)}
+            batch = scripted or groups
+            if not batch:
+                return finished
+            for name, group in batch.items():
+                answers = self._responder(name).respond([ask.request() for _, ask in group])
+                for (_, ask), got in zip(group, answers):
+                    ask.answers = got
+            resumed = {item for group in batch.values() for item, _ in group}
+            for item in running:
+                if item in resumed and item not in finished:
+                    if any(a.answers is None for a in item.waiting):
+                        continue  # part of a gather still waits for another responder
+                    done = item.advance()
+                    if done is not None:
+                        finished.add(item)
+                        yield self._finish(done)
+            if not scripted:
+                return finished
+
+    def _responder(self, name: str) -> Responder:
+        try:
+            return self.responders[name]
+        except KeyError:
+            raise KeyError(f"no responder named {name!r} (have: {sorted(self.responders)})") from None
+
+    def _finish(self, episode: Episode) -> Episode:
+        if episode.error is not None:
+            self.failures += 1
+            last = episode.error.strip().splitlines()[-1]
+            print(f"rolekit: episode of {episode.game!r} (seed {episode.seed}) quarantined: {last}",
+                  file=sys.stderr)
+            if self.failures > self.max_failures:
+                raise RolloutAborted(
+                    f"{self.failures} episodes raised (max_failures={self.max_failures}); "
+                    f"last one ({episode.game!r}, seed {episode.seed}):\n{episode.error}"
+                )
+        if self.kernel is not None and not self.kernel.episode_end(episode):
+            episode = attrs.evolve(episode, info={**episode.info, "dropped": True})
+        return episode

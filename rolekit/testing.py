@@ -1,0 +1,63 @@
+"""Helpers for testing games and plugins fast: a character-level chat and a scripted backend.
+
+These stand in for a real model only where a test is about the kernel (batching,
+quarantine, flow of rewards); every such path is also tested with a real model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from rolekit.types import Generation, GenerationRequest
+
+EOS = 3  # end-of-turn id of the character-level chat
+
+
+class CharChat:
+    """A chat 'tokenizer' whose ids are character codes (+ an end-of-turn id)."""
+
+    eos_ids = frozenset({EOS})
+    pad_id = 0
+
+    def encode(self, prompt) -> tuple[int, ...]:
+        text = prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+        return tuple(ord(c) for c in f"<user>{text}<assistant>")
+
+    def continue_ids(self, context_ids, finish_reason, user_text) -> tuple[int, ...]:
+        tail = () if finish_reason == "stop" else (EOS,)
+        return tuple(context_ids) + tail + tuple(ord(c) for c in f"<user>{user_text}<assistant>")
+
+    def decode(self, ids) -> str:
+        return "".join(chr(i) for i in ids if i != EOS)
+
+    @staticmethod
+    def prompt_text(ids) -> str:
+        """The last user message in ``ids`` (what a scripted backend answers)."""
+        text = "".join(chr(i) for i in ids if i != EOS)
+        return text.rsplit("<user>", 1)[-1].removesuffix("<assistant>")
+
+
+class ScriptedBackend:
+    """A backend whose answer to each prompt is ``reply(prompt_text)``; counts its calls."""
+
+    name = "scripted"
+
+    def __init__(self, reply: Callable[[str], str]):
+        self.reply = reply
+        self.calls = 0
+        self.batch_sizes: list[int] = []
+        self.tokens_generated = 0
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        self.calls += 1
+        self.batch_sizes.append(len(requests))
+        out = []
+        for req in requests:
+            ids = tuple(ord(c) for c in self.reply(CharChat.prompt_text(req.prompt_ids)))[: req.max_new_tokens - 1]
+            ids += (EOS,)
+            self.tokens_generated += len(ids)
+            out.append(Generation(ids, (-1.0,) * len(ids), "stop"))
+        return out
+
+    def sync(self, model) -> None:
+        pass
