@@ -168,6 +168,19 @@ def rolekit_register_rewards(registry):
     registry.add("learnability", learnability)
 
 
+# --- advantage estimators ---------------------------------------------------------------
+
+
+@hookimpl
+def rolekit_register_advantages(registry):
+    from rolekit.advantages import GRPO, RAE, Raw, RoleNorm
+
+    registry.add("rae", RAE)
+    registry.add("grpo", GRPO)
+    registry.add("role_norm", RoleNorm)
+    registry.add("raw", Raw)
+
+
 # --- opponents -----------------------------------------------------------------------------
 
 

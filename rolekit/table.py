@@ -141,9 +141,12 @@ class Table:
     def _record(self, ask: Ask) -> list[Turn]:
         responder = self.seats.get(ask.role, POLICY)
         turns = []
+        ask_id = None
         for answer in ask.answers or ():
+            turn_id = next(self._ids)
+            ask_id = turn_id if ask_id is None else ask_id
             turn = Turn(
-                id=next(self._ids), role=ask.role, game=self.game_name, text=answer.text, prompt=ask.prompt,
+                id=turn_id, ask=ask_id, role=ask.role, game=self.game_name, text=answer.text, prompt=ask.prompt,
                 prompt_ids=answer.prompt_ids, completion_ids=answer.completion_ids, logprobs=answer.logprobs,
                 responder=responder, parent=ask.after.id if ask.after is not None else None,
                 finish_reason=answer.finish_reason, temperature=answer.temperature,

@@ -76,6 +76,7 @@ class Turn:
     logprobs: tuple[float, ...] = attrs.field(converter=_tuple_of_floats, default=(), repr=False)
     responder: str = "policy"
     parent: int | None = None  # id of the turn this ask was conditioned on, if any
+    ask: int = -1  # turns answering the same ask (its n samples) share this id
     finish_reason: str = "stop"
     temperature: float = 1.0
     action: str | None = None  # the move a game extracted from ``text``, if any

