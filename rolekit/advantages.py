@@ -31,7 +31,8 @@ def policy_turns(episode: Episode, role: str) -> list[Turn]:
 
 def _sample(episode: Episode, turn: Turn, advantage: float, reward: float) -> Sample:
     return Sample(game=episode.game, role=turn.role, prompt_ids=turn.prompt_ids, completion_ids=turn.completion_ids,
-                  logprobs=turn.logprobs, advantage=advantage, reward=reward, temperature=turn.temperature)
+                  logprobs=turn.logprobs, advantage=advantage, reward=reward, temperature=turn.temperature,
+                  turn=turn.id)
 
 
 class RAE:

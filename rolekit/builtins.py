@@ -59,26 +59,37 @@ class Nim(TurnBasedGame):
 
 
 class Echo(Game):
-    """One role, one move: repeat the letter shown. Learnable from scratch; used by engine tests."""
+    """One role, one move: say the letter shown. Learnable from scratch; used by engine tests.
+
+    Parsing is lenient: the answer is the bracketed/boxed content if there is one, else
+    the first letter of the reply ("[B]", "B", "b.", "Bravo" all say B). Reward 1 or 0.
+    """
 
     name = "echo"
-    description = "Single-turn: the prompt shows a letter, the answer [X] must repeat it. Reward 1 or 0."
+    description = "Single-turn: the prompt shows a letter, the reply must say it ([B], B, ...). Reward 1 or 0."
     roles = (Role("speaker"),)
 
     def __init__(self, *, letters: str = "ABCD", max_new_tokens: int = 4):
         if not letters or not letters.isalpha():
             raise ValueError(f"letters must be a non-empty string of letters, got {letters!r}")
-        self.letters = letters
+        self.letters = letters.upper()
         self.max_new_tokens = max_new_tokens
+
+    @staticmethod
+    def said(text: str) -> str | None:
+        answer = extract_answer(text)
+        if answer is None:
+            answer = text.strip()
+        return answer[0].upper() if answer and answer[0].isalpha() else None
 
     async def play(self, table) -> None:
         target = table.rng.choice(self.letters)
         prompt = f"Letter: {target}. Reply with the letter in square brackets, like [{target}]."
         [turn] = await table.ask("speaker", prompt, max_new_tokens=self.max_new_tokens)
-        verdict = table.verify("exact", turn.text, target)
-        table.set_action(turn, extract_answer(turn.text))
-        table.reward(turn, verdict.score)
-        table.set_info(winner="speaker" if verdict.score > 0 else None)
+        said = self.said(turn.text)
+        table.set_action(turn, said)
+        table.reward(turn, float(said == target))
+        table.set_info(winner="speaker" if said == target else None)
 
 
 @hookimpl

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table as RichTable
@@ -111,6 +112,33 @@ def cmd_rollout(args) -> int:
     return 0
 
 
+# --- rolekit train -------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from rolekit import config as configuration
+    from rolekit.engine import Trainer, TrainingAborted
+
+    cfg = configuration.load(args.config, args.set)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume and not args.out:
+        out = Path(args.resume)
+    err.print(f"rolekit: training {', '.join(g.game for g in cfg.curriculum)} on {cfg.model.name}; run dir {out}")
+    trainer = Trainer(cfg, out, resume=Path(args.resume) if args.resume else None, kernel=_kernel(args),
+                      quiet=args.quiet or None)
+    try:
+        trainer.run()
+    except TrainingAborted as exc:
+        err.print(f"[red]rolekit: training aborted:[/red] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        path = trainer.save()
+        err.print(f"rolekit: interrupted; saved {path} (continue with --resume {out})")
+        return 130
+    err.print(f"rolekit: done; metrics in {out / 'metrics.jsonl'}, checkpoints in {out / 'checkpoints'}")
+    return 0
+
+
 class _progress:
     """A rich progress bar on stderr (nothing under --json/--quiet or when not a terminal)."""
 
@@ -169,6 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_rollout)
+    p = sub.add_parser("train", help="train the policy by self-play from a TOML config")
+    p.add_argument("config", help="a TOML config (see examples/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set algorithm.steps=10")
+    p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue a run (its directory or a checkpoint)")
+    p.add_argument("--quiet", action="store_true", help="log lines only, no progress display")
+    p.set_defaults(func=cmd_train)
+    from rolekit import evaluate, play  # noqa: E402 (subcommands defined in their own modules)
+    evaluate.add_parser(sub), play.add_parser(sub)
     return parser
 
 
@@ -176,7 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PluginError, UnknownNameError, ValueError) as exc:
+    except (PluginError, UnknownNameError, ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]rolekit: error:[/red] {exc}", markup=True, highlight=False)
+        return 2
+    except Exception as exc:
+        from rolekit.models import ModelError
+
+        if not isinstance(exc, ModelError):
+            raise
         err.print(f"[red]rolekit: error:[/red] {exc}", markup=True, highlight=False)
         return 2
     except KeyboardInterrupt:

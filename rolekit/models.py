@@ -94,6 +94,7 @@ def _atomic_dir(final: Path, write) -> Path:
     try:
         write(tmp)
         for path in tmp.iterdir():
+            os.chmod(path, 0o666 & ~umask)  # some writers make their files 0600
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
         try:
@@ -108,10 +109,10 @@ def _atomic_dir(final: Path, write) -> Path:
 
 def embedded_model_dir() -> Path:
     """The embedded default as a Hugging Face directory, converting it on first use."""
-    gguf_dir, gguf_file = _gguf_location()
     final = cache_dir() / "models" / EMBEDDED
     if final.is_dir():
         return final
+    gguf_dir, gguf_file = _gguf_location()
 
     def convert(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -123,9 +124,9 @@ def embedded_model_dir() -> Path:
             # A fresh model from a config without ``quantization_config``, so the saved
             # directory is a plain fp32 checkpoint that transformers, peft and vLLM load.
             config = source.config
-            if hasattr(config, "quantization_config"):
-                del config.quantization_config
-            config._name_or_path = EMBEDDED
+            for attr in ("quantization_config", "_model_name_or_path"):  # the latter: GGUF's model title
+                if hasattr(config, attr):
+                    delattr(config, attr)
             with torch.random.fork_rng(devices=[]):
                 model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             model.load_state_dict(source.state_dict())
@@ -138,9 +139,9 @@ def embedded_model_dir() -> Path:
 
 def _embedded_tokenizer_dir() -> Path:
     """A directory holding the embedded model's tokenizer (tokenizer only if not converted)."""
-    model_dir = cache_dir() / "models" / EMBEDDED
-    if model_dir.is_dir():
-        return model_dir
+    for cached in (cache_dir() / "models" / EMBEDDED, cache_dir() / "tokenizers" / EMBEDDED):
+        if cached.is_dir():
+            return cached
     gguf_dir, gguf_file = _gguf_location()
 
     def convert(tmp: Path) -> None:
@@ -196,6 +197,12 @@ def _default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+# Wider than the usual 0.02 so the random model's next-token distribution is peaked
+# (entropy ~8 nats instead of a flat ln(49152) = 10.8): learning signals from rewards then
+# compound within a few steps, which is what engine tests need.
+TINY_INIT_RANGE = 0.3
+
+
 def _tiny_model(tokenizer, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -208,6 +215,7 @@ def _tiny_model(tokenizer, dtype: torch.dtype):
         num_key_value_heads=2,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
+        initializer_range=TINY_INIT_RANGE,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -245,6 +253,7 @@ def load_model(name: str, *, device: str | torch.device = "cpu", dtype: torch.dt
     """Load a causal LM by name (see the module docstring), in eval mode, on ``device``."""
     from transformers import AutoModelForCausalLM
 
+    name = str(name)
     device = torch.device(device)
     dtype = dtype or _default_dtype(device)
     path = Path(name).expanduser()
@@ -271,6 +280,9 @@ def load_model(name: str, *, device: str | torch.device = "cpu", dtype: torch.dt
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not _is_adapter_dir(path) or name in NAMES:
+        # What peft records as ``base_model_name_or_path`` when an adapter is saved.
+        model.name_or_path = model.config.name_or_path = name if name in NAMES else str(path.resolve())
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.to(device)
     model.eval()

@@ -130,6 +130,7 @@ class Sample:
     advantage: float
     reward: float = 0.0
     temperature: float = 1.0
+    turn: int = -1  # id of the Turn it came from
 
     @property
     def num_tokens(self) -> int:

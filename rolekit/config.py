@@ -1,0 +1,256 @@
+"""Training configuration: small frozen attrs classes loaded from TOML with cattrs.
+
+Every field is documented where it is declared. Untrusted input (TOML, ``--set``) is
+converted and validated here, at the edge; an unknown or mistyped key is a one-line
+error naming the key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from rolekit.rollout import parse_value
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the key."""
+
+
+def _positive(instance, attribute, value):
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _non_negative(instance, attribute, value):
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+@attrs.frozen
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # embedded default, "tiny-random", or a model directory
+    device: str = "cpu"  # "cpu" or "cuda"; fp32 on CPU, bf16 on CUDA
+
+
+@attrs.frozen
+class LoraConfig:
+    enabled: bool = True  # False: full fine-tuning
+    r: int = attrs.field(default=16, validator=_positive)
+    alpha: int = attrs.field(default=32, validator=_positive)
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@attrs.frozen
+class RolloutConfig:
+    samples_per_step: int = attrs.field(default=64, validator=_positive)  # policy turns trained on per step
+    concurrency: int = attrs.field(default=64, validator=_positive)  # episodes alive at once
+    batch_size: int = attrs.field(default=64, validator=_positive)  # max sequences per generate call
+    temperature: float = attrs.field(default=1.0, validator=_non_negative)
+    top_p: float = 1.0
+    max_new_tokens: int = attrs.field(default=16, validator=_positive)  # default per ask; games may set less
+
+
+@attrs.frozen
+class AlgorithmConfig:
+    steps: int = attrs.field(default=100, validator=_positive)
+    lr: float = attrs.field(default=1e-4, validator=_positive)  # AdamW learning rate
+    weight_decay: float = 0.0
+    ppo_epochs: int = attrs.field(default=1, validator=_positive)  # passes over each rollout batch
+    clip_eps: float = attrs.field(default=0.2, validator=_positive)  # PPO clip range epsilon
+    aggregation: str = attrs.field(default="constant", validator=attrs.validators.in_(
+        ("constant", "token_mean", "seq_mean")))  # how token losses are summed (constant: Dr. GRPO)
+    kl_beta: float = attrs.field(default=0.0, validator=_non_negative)  # weight of KL to the reference
+    kl_estimator: str = attrs.field(default="k3", validator=attrs.validators.in_(("k1", "k2", "k3")))
+    max_grad_norm: float = attrs.field(default=1.0, validator=_positive)
+    micro_batch_tokens: int = attrs.field(default=4096, validator=_positive)  # learner token budget
+    recompute_logprobs: bool = False  # True: old logprobs from a forward pass, not from generation
+    advantage: str = "rae"  # default estimator: rae, grpo, role_norm, raw (or a plugin's)
+    advantage_options: dict[str, Any] = attrs.Factory(dict)  # e.g. {decay = 0.95} for rae
+    max_nonfinite_steps: int = 3  # abort after this many consecutive non-finite losses
+
+
+@attrs.frozen
+class GameConfig:
+    game: str  # a registered game name (see `rolekit games`)
+    weight: float = attrs.field(default=1.0, validator=_positive)  # sampling weight in the curriculum
+    options: dict[str, Any] = attrs.Factory(dict)  # passed to the game's constructor
+    seats: dict[str, str] = attrs.Factory(dict)  # role -> "policy" | "scripted:NAME" | "snapshot"
+    alternate: bool = True  # rotate the seat map every episode (policy plays every seat)
+    mirror: bool = False  # play each deal twice with seats swapped
+    advantage: str | None = None  # override the default estimator for this game
+    start_step: int = 0  # active from this step ...
+    end_step: int | None = None  # ... until (excluding) this one
+
+
+@attrs.frozen
+class SnapshotConfig:
+    every: int = attrs.field(default=10, validator=_positive)  # add the policy to the pool every N steps
+    pool_size: int = attrs.field(default=5, validator=_positive)  # keep the N most recent snapshots
+
+
+@attrs.frozen
+class EvalConfig:
+    every: int = 10  # steps between evaluations (0: never)
+    episodes: int = attrs.field(default=64, validator=_positive)  # per game and opponent
+    opponents: tuple[str, ...] = ("random",)  # scripted opponents to measure win rates against
+    exploitability: bool = True  # Kuhn Poker: exact exploitability of the policy
+
+
+@attrs.frozen
+class CheckpointConfig:
+    every: int = 10  # steps between checkpoints (0: only at the end)
+    keep: int = attrs.field(default=3, validator=_positive)  # most recent checkpoints kept
+
+
+@attrs.frozen
+class LoggingConfig:
+    episodes_per_step: int = 4  # transcripts written to episodes.jsonl per step
+    quiet: bool = False  # plain log lines instead of a progress display
+
+
+@attrs.frozen
+class TrainConfig:
+    curriculum: tuple[GameConfig, ...] = attrs.field(validator=lambda i, a, v: _nonempty(v))  # games + seat maps
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    snapshots: SnapshotConfig = SnapshotConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def _nonempty(curriculum) -> None:
+    if not curriculum:
+        raise ValueError("curriculum needs at least one [[curriculum]] game")
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _check_keys(cls, data: Any, path: str) -> None:
+    """Walk ``data`` against ``cls`` and name the first unknown key with its closest match."""
+    if not attrs.has(cls) or not isinstance(data, dict):
+        return
+    fields = {f.name: f for f in attrs.fields(cls)}
+    for key, value in data.items():
+        where = f"{path}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean '{path}{close[0]}'?" if close else f" (valid: {', '.join(fields)})"
+            raise ConfigError(f"unknown config key '{where}'{hint}")
+        ftype = fields[key].type
+        if isinstance(ftype, str):
+            ftype = {c.__name__: c for c in _SECTIONS}.get(ftype.split("[")[-1].split(",")[0].strip(" ]"), ftype)
+        if key == "curriculum" and isinstance(value, list):
+            for i, item in enumerate(value):
+                _check_keys(GameConfig, item, f"curriculum[{i}].")
+        elif attrs.has(ftype):
+            _check_keys(ftype, value, f"{where}.")
+
+
+_SECTIONS = (ModelConfig, LoraConfig, RolloutConfig, AlgorithmConfig, GameConfig, SnapshotConfig, EvalConfig,
+             CheckpointConfig, LoggingConfig, TrainConfig)
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    attrs.resolve_types(TrainConfig)
+    for cls in _SECTIONS:
+        attrs.resolve_types(cls)
+    _check_keys(TrainConfig, data, "")
+    try:
+        return _converter.structure(data, TrainConfig)
+    except cattrs.BaseValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _first_error(exc: BaseException, path: str = "") -> str:
+    """The innermost cause of a cattrs error, with the key path that led to it."""
+    for sub in getattr(exc, "exceptions", ()):
+        note = next((n for n in getattr(sub, "__notes__", []) if "@" in str(n) or "attribute" in str(n)), None)
+        name = getattr(note, "name", None) if note is not None else None
+        index = getattr(note, "index", None) if note is not None else None
+        step = f"{path}.{name}" if name else f"{path}[{index}]" if index is not None else path
+        return _first_error(sub, step.lstrip("."))
+    return f"config key '{path}': {exc}" if path else str(exc)
+
+
+def set_key(data: dict[str, Any], dotted: str, value: str) -> None:
+    """Apply ``--set a.b.c=value`` (value parsed as TOML) to a nested dict."""
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        if part.isdigit() and isinstance(node, list):
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = parse_value(value)
+    else:
+        node[last] = parse_value(value)
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        set_key(data, key.strip(), value.strip())
+    return from_dict(data)
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return _converter.unstructure(config)
+
+
+def to_toml(config: TrainConfig) -> str:
+    """The resolved config as TOML (written to the run directory)."""
+    data = to_dict(config)
+    lines = [f"seed = {_toml(data.pop('seed'))}"]
+    curriculum = data.pop("curriculum")
+    for section, values in data.items():
+        lines.append(f"\n[{section}]")
+        lines += [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None]
+    for game in curriculum:
+        lines.append("\n[[curriculum]]")
+        lines += [f"{k} = {_toml(v)}" for k, v in game.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _toml(k)

@@ -1,0 +1,402 @@
+"""Evaluating a policy: play it against a scripted opponent, and read off its strategy.
+
+Two kinds of evaluation:
+
+* **Play** (``play_against`` + ``score``): episodes against a scripted opponent with the
+  seats alternating, scored from the evaluated policy's point of view (win / draw /
+  loss / invalid rates, mean return).
+* **Strategy** (``policy_table``): the policy's probability of each legal action at each
+  information set of a game that lists them (``game.information_sets()``, e.g. Kuhn
+  Poker's 12). In terse mode the probabilities are *exact*: each legal action's whole
+  answer (``[check]`` + end of turn) is scored by one teacher-forced forward pass and the
+  likelihoods are normalised over the legal actions (``exact_policy_table``). In
+  reasoning mode they are *estimated* by sampling answers and counting the parsed
+  actions (``sampled_policy_table``), invalid answers counted separately. A game that
+  also has ``exploitability(table)`` turns the table into one number.
+
+``rolekit eval`` puts both on the command line; training reuses the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from collections import Counter
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+
+from rolekit import rollout
+from rolekit.game import MoveInfo
+from rolekit.plugins import Kernel
+from rolekit.table import POLICY, ModelResponder, Responder, ScriptedResponder, Scheduler
+from rolekit.types import Episode
+
+PolicyTable = dict[str, dict[str, float]]  # information set -> {legal action: probability}
+
+
+# --- who plays: a policy name -> a responder -----------------------------------------------
+
+
+@attrs.frozen(eq=False)
+class Policy:
+    """An evaluated policy: its responder, and the model behind it (None when scripted)."""
+
+    name: str
+    responder: Responder
+    model: Any = None  # a LoadedModel
+    backend: Any = None
+    chat: Any = None
+    scripted: Callable[[MoveInfo, random.Random], str] | None = None
+
+
+def load_policy(kernel: Kernel, game, name: str, *, device: str = "cpu", temperature: float = 1.0,
+                batch_size: int = 64) -> Policy:
+    """``scripted:NAME`` (a registered opponent), or a model: ``smollm2-135m-instruct``,
+    ``tiny-random``, a model directory or a run checkpoint (peft adapter) directory.
+    Raises ValueError for a name that is none of these."""
+    if name.startswith(rollout.SCRIPTED):
+        [(_, responder)] = rollout.scripted_responders(kernel, game, {game.role_names()[0]: name}).items()
+        return Policy(name, ScriptedResponder(POLICY, responder.fn), scripted=responder.fn)
+    from rolekit.backends.hf import HFBackend
+    from rolekit.chat import ChatTokenizer
+    from rolekit.models import ModelError, load_model
+
+    try:
+        loaded = load_model(name, device=device)
+    except ModelError as exc:
+        raise ValueError(f"{exc} (or scripted:NAME for a scripted policy)") from None
+    chat = ChatTokenizer(loaded.tokenizer)
+    backend = HFBackend(loaded.model, chat, max_batch_size=batch_size)
+    responder = ModelResponder(POLICY, backend, chat, temperature=temperature)
+    return Policy(name, responder, model=loaded, backend=backend, chat=chat)
+
+
+# --- play against an opponent ---------------------------------------------------------------
+
+
+def play_against(kernel: Kernel, game, policy: Policy, opponent: str, *, episodes: int, seed: int = 0,
+                 mirror: bool = False, concurrency: int = 64) -> list[Episode]:
+    """``episodes`` episodes of ``policy`` against the scripted ``opponent`` (a registered
+    name, with or without ``scripted:``), the policy's seat alternating every episode.
+    ``mirror``: deals come in pairs, the policy playing each deal from both seats."""
+    if len(game.role_names()) != 2:
+        raise ValueError(f"game {game.name!r} has {len(game.role_names())} roles; eval plays two-player games")
+    who = opponent if opponent.startswith(rollout.SCRIPTED) else rollout.SCRIPTED + opponent
+    first, second = game.role_names()
+    seats = {first: POLICY, second: who}
+    responders = rollout.scripted_responders(kernel, game, seats)
+    responders[POLICY] = policy.responder
+    plan = rollout.specs(game, episodes, seed, seats, mirror=mirror, alternate=not mirror)
+    return list(Scheduler(responders, kernel=kernel, concurrency=concurrency).run(plan))
+
+
+def score(episodes: Sequence[Episode]) -> dict[str, Any]:
+    """Rates from the policy's point of view, over the seats it played (quarantined
+    episodes excluded): win, draw, loss, invalid (it moved illegally), mean_return,
+    opponent_invalid, and the same per seat."""
+
+    def rates(eps: list[tuple[Episode, str]]) -> dict[str, float]:
+        n = len(eps)
+        if n == 0:
+            return {"episodes": 0}
+        winners = [(ep.info.get("winner"), role) for ep, role in eps]
+        return {
+            "episodes": n,
+            "win": sum(w == r for w, r in winners) / n,
+            "draw": sum(w is None for w, _ in winners) / n,
+            "loss": sum(w is not None and w != r for w, r in winners) / n,
+            "invalid": sum(ep.info.get("invalid") == r for ep, r in eps) / n,
+            "opponent_invalid": sum(ep.info.get("invalid") not in (None, r) for ep, r in eps) / n,
+            "mean_return": statistics.fmean(ep.returns[r] for ep, r in eps),
+        }
+
+    played = [(ep, role) for ep in episodes if ep.ok for role, who in ep.seats.items() if who == POLICY]
+    out = rates(played)
+    out["quarantined"] = sum(not ep.ok for ep in episodes)
+    seats = sorted({role for _, role in played})
+    out["by_seat"] = {seat: rates([(ep, r) for ep, r in played if r == seat]) for seat in seats}
+    return out
+
+
+# --- strategy at information sets -----------------------------------------------------------
+
+
+def _information_sets(game) -> Mapping[str, tuple[Any, str]]:
+    sets = getattr(game, "information_sets", None)
+    if sets is None:
+        raise ValueError(f"game {game.name!r} does not list its information sets; no strategy table for it")
+    return sets()
+
+
+def answer_ids(chat, text: str) -> tuple[int, ...]:
+    """The tokens of an assistant answer ``text`` (without the end-of-turn token)."""
+    return tuple(chat.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def completion_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                        stop_ids: Sequence[int] = (), pad_id: int = 0, batch_size: int = 8) -> list[float]:
+    """log p(completion | prompt) for each (prompt ids, completion ids), by teacher forcing.
+
+    With ``stop_ids``, the answer must also end there: log p(any of ``stop_ids`` | prompt
+    + completion) is added (the backend stops at any end-of-turn token). Exact, at
+    temperature 1; the softmax is taken in fp32.
+
+    Batches are left-padded with explicit position ids (so padding changes nothing), and
+    only the logits of the last positions (the completions') are computed.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    out: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start:start + batch_size]
+            if any(len(p) == 0 for p, _ in batch):
+                raise ValueError("a prompt needs at least one token")
+            seqs = [tuple(p) + tuple(c) for p, c in batch]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T), left-padded
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for row, seq in enumerate(seqs):
+                ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+                mask[row, width - len(seq):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+            keep = max(len(c) for _, c in batch) + 1  # positions that predict a completion token or the stop
+            inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
+            with torch.inference_mode():
+                try:
+                    logits = model(**inputs, logits_to_keep=keep).logits[:, -keep:]  # (B, keep, V)
+                except TypeError:  # a model without logits_to_keep
+                    logits = model(**inputs).logits[:, -keep:]
+            for row, (_, completion) in enumerate(batch):
+                c = len(completion)
+                # The last c + 1 positions of the row: logits at position t predict token t + 1.
+                logp = torch.log_softmax(logits[row, keep - c - 1:].float(), dim=-1)  # (c + 1, V)
+                target = torch.tensor(completion, dtype=torch.long, device=logp.device)
+                total = logp[torch.arange(c, device=logp.device), target].sum()
+                if stop_ids:
+                    total = total + torch.logsumexp(logp[c, list(stop_ids)], dim=-1)
+                out.append(float(total))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def exact_action_logprobs(model, chat, game, *, batch_size: int = 8) -> dict[str, dict[str, float]]:
+    """log p(answer) of every legal action's answer at every information set (terse mode).
+
+    For each information set, the prompt is the one the game shows (``game.prompt``,
+    encoded by ``chat``); each legal action's answer ``game.format_action(a)`` followed
+    by an end-of-turn token is scored by teacher forcing (``completion_logprobs``).
+    """
+    if getattr(game, "mode", "terse") != "terse":
+        raise ValueError("exact action probabilities need terse mode; in reasoning mode use sampled_policy_table")
+    sets = _information_sets(game)
+    pairs, owners = [], []
+    for key, (state, role) in sets.items():
+        prompt = chat.encode(game.prompt(state, role))
+        for action in game.legal_actions(state):
+            pairs.append((prompt, answer_ids(chat, game.format_action(action))))
+            owners.append((key, action))
+    logps = completion_logprobs(model, pairs, stop_ids=sorted(chat.eos_ids), pad_id=chat.pad_id,
+                                batch_size=batch_size)
+    grouped: dict[str, dict[str, float]] = {key: {} for key in sets}
+    for (key, action), lp in zip(owners, logps):
+        grouped[key][action] = lp
+    return grouped
+
+
+def exact_policy_table(model, chat, game, *, batch_size: int = 8) -> PolicyTable:
+    """Exact action probabilities of a model at every information set (terse mode): the
+    likelihoods of the legal answers (``exact_action_logprobs``) normalised over them."""
+    logps = exact_action_logprobs(model, chat, game, batch_size=batch_size)
+    return {key: _softmax(lps) for key, lps in logps.items()}
+
+
+def _softmax(logps: Mapping[str, float]) -> dict[str, float]:
+    top = max(logps.values())
+    weights = {a: math.exp(lp - top) for a, lp in logps.items()}
+    total = sum(weights.values())
+    return {a: w / total for a, w in weights.items()}
+
+
+def sampled_policy_table(backend, chat, game, *, samples: int, temperature: float = 1.0
+                         ) -> tuple[PolicyTable, dict[str, float]]:
+    """Estimated action probabilities at every information set: ``samples`` answers per
+    information set through ``backend`` (all in one call), parsed by the game.
+
+    Returns (frequencies of each legal action among *valid* answers, uniform where none
+    was valid; the fraction of invalid answers per information set).
+    """
+    from rolekit.types import GenerationRequest
+
+    sets = _information_sets(game)
+    requests, owners = [], []
+    for key, (state, role) in sets.items():
+        ids = chat.encode(game.prompt(state, role))
+        for _ in range(samples):
+            requests.append(GenerationRequest(prompt_ids=ids, max_new_tokens=game.max_new_tokens,
+                                              temperature=temperature))
+            owners.append(key)
+    counts: dict[str, Counter] = {key: Counter() for key in sets}
+    for key, gen in zip(owners, backend.generate(requests)):
+        state, _ = sets[key]
+        counts[key][game.parse_action(state, chat.decode(gen.completion_ids))] += 1
+    return _frequencies(game, sets, counts)
+
+
+def scripted_policy_table(fn: Callable[[MoveInfo, random.Random], str], game, *, samples: int = 1000,
+                          seed: int = 0) -> tuple[PolicyTable, bool]:
+    """A scripted policy's action probabilities at every information set: exact when
+    ``fn`` has ``action_probabilities(move)``, else estimated from ``samples`` draws.
+    Returns (table, exact)."""
+    sets = _information_sets(game)
+    moves = {key: MoveInfo(game, state, role, tuple(game.legal_actions(state))) for key, (state, role) in sets.items()}
+    exact = getattr(fn, "action_probabilities", None)
+    if exact is not None:
+        return {key: dict(exact(move)) for key, move in moves.items()}, True
+    rng = random.Random(seed)
+    counts = {key: Counter(fn(move, rng) for _ in range(samples)) for key, move in moves.items()}
+    table, _ = _frequencies(game, sets, counts)
+    return table, False
+
+
+def _frequencies(game, sets, counts: Mapping[str, Counter]) -> tuple[PolicyTable, dict[str, float]]:
+    table, invalid = {}, {}
+    for key, (state, _) in sets.items():
+        legal = list(game.legal_actions(state))
+        n = sum(counts[key].values())
+        valid = sum(counts[key][a] for a in legal)
+        invalid[key] = (n - valid) / n if n else 0.0
+        table[key] = {a: (counts[key][a] / valid if valid else 1 / len(legal)) for a in legal}
+    return table, invalid
+
+
+def strategy(game, policy: Policy, *, samples: int = 32, temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """The policy's strategy table (exact, or estimated and how) and, when the game
+    defines it, its exploitability: a dict for ``rolekit eval --exploitability``."""
+    out: dict[str, Any] = {}
+    if policy.scripted is not None:
+        table, exact = scripted_policy_table(policy.scripted, game, samples=max(samples, 10000), seed=seed)
+        out["extraction"] = "exact" if exact else f"sampled ({max(samples, 10000)} draws per information set)"
+    elif getattr(game, "mode", "terse") == "terse":
+        logps = exact_action_logprobs(policy.model.model, policy.chat, game)
+        table = {key: _softmax(lps) for key, lps in logps.items()}
+        out["extraction"] = "exact (teacher-forced likelihood of each legal answer)"
+        # How likely a sampled answer (temperature 1) is exactly one of the legal answers.
+        out["legal_answer_probability"] = {key: round(sum(math.exp(lp) for lp in lps.values()), 6)
+                                           for key, lps in logps.items()}
+    else:
+        table, invalid = sampled_policy_table(policy.backend, policy.chat, game, samples=samples,
+                                              temperature=temperature)
+        out["extraction"] = f"sampled ({samples} answers per information set, temperature {temperature})"
+        out["invalid_by_infoset"] = {k: round(v, 6) for k, v in invalid.items()}
+    exploitability = getattr(game, "exploitability", None)
+    if exploitability is None:
+        raise ValueError(f"game {game.name!r} defines no exploitability")
+    out["exploitability"] = float(exploitability(table))
+    out["infosets"] = {key: {a: round(p, 6) for a, p in dist.items()} for key, dist in table.items()}
+    return out
+
+
+# --- rolekit eval ---------------------------------------------------------------------------
+
+
+def evaluate(kernel: Kernel, *, game: str, policy: str, opponent: str = "random", episodes: int = 100,
+             seed: int = 0, options: Mapping[str, Any] | None = None, exploitability: bool = False,
+             samples: int = 32, temperature: float = 1.0, mirror: bool = False, device: str = "cpu",
+             concurrency: int = 64, batch_size: int = 64) -> dict[str, Any]:
+    """What ``rolekit eval`` prints as JSON."""
+    if episodes < 0:
+        raise ValueError(f"--episodes must be >= 0, got {episodes}")
+    the_game = rollout.make_game(kernel, game, dict(options or {}))
+    if exploitability and not hasattr(the_game, "information_sets"):
+        raise ValueError(f"--exploitability: game {game!r} has no exact evaluation (it needs a game with information_sets(), such as kuhn_poker)")
+    start = time.perf_counter()
+    if not policy.startswith(rollout.SCRIPTED):
+        import torch
+
+        torch.manual_seed(seed)
+    the_policy = load_policy(kernel, the_game, policy, device=device, temperature=temperature,
+                             batch_size=batch_size)
+    opponent_name = opponent.removeprefix(rollout.SCRIPTED)
+    played = play_against(kernel, the_game, the_policy, opponent_name, episodes=episodes, seed=seed,
+                          mirror=mirror, concurrency=concurrency)
+    result = score(played)
+    report: dict[str, Any] = {"game": game, "policy": policy, "opponent": opponent_name,
+                              "episodes": result.pop("episodes", 0), "seed": seed}
+    for key in ("win", "draw", "loss", "invalid", "mean_return"):
+        report[key] = result.pop(key, None)
+    report.update(result)
+    if options:
+        report["options"] = dict(options)
+    if exploitability:
+        report.update(strategy(the_game, the_policy, samples=samples, temperature=temperature, seed=seed))
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    return report
+
+
+def cmd_eval(args) -> int:
+    report = evaluate(
+        Kernel(disable=getattr(args, "disable", None) or ()), game=args.game, policy=args.policy, opponent=args.opponent, episodes=args.episodes,
+        seed=args.seed, options=_options(args), exploitability=args.exploitability, samples=args.samples,
+        temperature=args.temperature, mirror=args.mirror, device=args.device, concurrency=args.concurrency,
+        batch_size=args.batch_size,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = Console()
+    table = RichTable("seat", "episodes", "win", "draw", "loss", "invalid", "mean return",
+                      title=f"{args.policy} vs {report['opponent']} on {args.game}")
+    rows = [("all", report)] + list(report["by_seat"].items())
+    for seat, r in rows:
+        if r.get("episodes"):
+            table.add_row(seat, str(r["episodes"]), *(f"{r[k]:.3f}" for k in ("win", "draw", "loss", "invalid")),
+                          f"{r['mean_return']:+.3f}")
+    console.print(table)
+    if "exploitability" in report:
+        console.print(f"exploitability: {report['exploitability']:.4f}  ({report['extraction']})")
+        for key, dist in report["infosets"].items():
+            console.print(f"  {key:>4}: " + ", ".join(f"{a} {p:.3f}" for a, p in dist.items()), markup=False)
+    return 0
+
+
+def _options(args) -> dict[str, Any]:
+    options = rollout.parse_pairs(args.option, "--option")
+    if args.max_new_tokens is not None:
+        options["max_new_tokens"] = args.max_new_tokens
+    return options
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="play a policy against a scripted opponent; Kuhn: exact exploitability")
+    p.add_argument("--policy", default="smollm2-135m-instruct",
+                   help="smollm2-135m-instruct, tiny-random, a model or run checkpoint directory, or scripted:NAME")
+    p.add_argument("--game", required=True)
+    p.add_argument("--opponent", default="random", help="a scripted opponent (random, minimax, nash, heuristic, ...)")
+    p.add_argument("--episodes", type=int, default=100, help="episodes to play; seats alternate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="game option, e.g. mode=reasoning or rounds=5")
+    p.add_argument("--exploitability", action="store_true",
+                   help="also the policy's action probabilities at every information set and its exploitability")
+    p.add_argument("--samples", type=int, default=32,
+                   help="answers sampled per information set in reasoning mode")
+    p.add_argument("--mirror", action="store_true", help="play every deal from both seats")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="per move (default: the game's)")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)

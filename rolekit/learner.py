@@ -1,0 +1,215 @@
+"""The learner: token-budget micro-batches, PPO-clip loss, one optimizer step per epoch."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Sequence
+
+import torch
+
+from rolekit.losses import entropy_from_logits, kl_estimate, ppo_clip, token_weights
+from rolekit.types import Sample
+
+
+def micro_batches(samples: Sequence[Sample], max_tokens: int) -> list[list[int]]:
+    """Indices of ``samples`` in length-sorted buckets of at most ``max_tokens`` padded tokens.
+
+    Sorting by length keeps padding small; a single sample longer than the budget gets a
+    bucket of its own.
+    """
+    order = sorted(range(len(samples)), key=lambda i: samples[i].num_tokens)
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        n = samples[i].num_tokens
+        if current and max(longest, n) * (len(current) + 1) > max_tokens:
+            buckets.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def split_model(model: Any) -> tuple[Any, Any]:
+    """(decoder returning hidden states, lm_head) of a causal LM, peft-wrapped or not.
+
+    The learner applies the LM head only at completion positions: the full (B, L, V)
+    logits of a 49k-token vocabulary would dominate memory.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entropy: bool = False):
+    """Teacher-forced log pi(token) of each sample's completion, at the sample's temperature.
+
+    Returns (logprobs (B, T), mask (B, T), entropy (B, T) or None), T = longest completion.
+    Sequences are right-padded; positions after a sequence's end are masked out.
+    """
+    decoder, head = split_model(model)
+    lengths = [s.num_tokens for s in samples]
+    width = max(lengths)
+    pad = 0
+    ids = torch.full((len(samples), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(samples), width), dtype=torch.long)
+    for b, s in enumerate(samples):
+        seq = s.prompt_ids + s.completion_ids
+        ids[b, : len(seq)] = torch.tensor(seq)
+        attention[b, : len(seq)] = 1
+    hidden = decoder(input_ids=ids.to(device), attention_mask=attention.to(device)).last_hidden_state  # (B, L, H)
+    t_max = max(len(s.completion_ids) for s in samples)
+    rows, cols, targets, valid = [], [], [], []
+    for b, s in enumerate(samples):
+        p, c = len(s.prompt_ids), len(s.completion_ids)
+        for t in range(t_max):
+            k = min(t, c - 1)  # padded positions repeat the last real one; masked below
+            rows.append(b)
+            cols.append(p - 1 + k)  # the hidden state *before* completion token k predicts it
+            targets.append(s.completion_ids[k])
+            valid.append(t < c)
+    index_r, index_c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+    logits = head(hidden[index_r, index_c]).float()  # (B*T, V)
+    temps = torch.tensor([max(s.temperature, 1e-5) if s.temperature > 0 else 1.0 for s in samples],
+                         device=device).repeat_interleave(t_max)
+    logits = logits / temps[:, None]
+    logp = torch.log_softmax(logits, dim=-1)
+    chosen = logp.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
+    shape = (len(samples), t_max)
+    mask = torch.tensor(valid, device=device).view(shape)
+    entropy = entropy_from_logits(logits.detach()).view(shape) if with_entropy else None
+    return chosen.view(shape), mask, entropy
+
+
+def pad_old_logprobs(samples: Sequence[Sample], t_max: int, device) -> torch.Tensor:
+    out = torch.zeros((len(samples), t_max))
+    for b, s in enumerate(samples):
+        out[b, : len(s.logprobs)] = torch.tensor(s.logprobs)
+    return out.to(device)
+
+
+class Learner:
+    """PPO-clip on token level, over micro-batches whose gradients sum to the batch loss."""
+
+    def __init__(self, model: Any, params: list[torch.nn.Parameter], cfg, *, device, reference=None):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # reference(): a context manager yielding the reference policy (LoRA: the same model
+        # with its adapter disabled, so it costs no second model), or None
+        self.reference = reference
+
+    def step(self, samples: Sequence[Sample], max_new_tokens: int) -> dict[str, Any]:
+        """``ppo_epochs`` optimizer steps over ``samples``; returns learner metrics.
+
+        Non-finite losses skip the update (metrics carry ``nonfinite=True``).
+        """
+        cfg = self.cfg
+        buckets = micro_batches(samples, cfg.micro_batch_tokens)
+        n_seq = len(samples)
+        n_tok = sum(len(s.completion_ids) for s in samples)
+        padded = sum(len(b) * max(samples[i].num_tokens for i in b) for b in buckets)
+        real = sum(s.num_tokens for s in samples)
+        old = {i: None for i in range(n_seq)}
+        if cfg.recompute_logprobs:
+            old = self._recompute(samples, buckets)
+        ref = self._reference_logprobs(samples, buckets) if cfg.kl_beta > 0 else {}
+        per_key: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        totals = defaultdict(float)
+        nonfinite = False
+        self.model.train()
+        for epoch in range(cfg.ppo_epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            epoch_loss = 0.0
+            for bucket in buckets:
+                batch = [samples[i] for i in bucket]
+                logp, mask, entropy = completion_logprobs(self.model, batch, self.device, with_entropy=epoch == 0)
+                t_max = logp.shape[1]
+                if cfg.recompute_logprobs:
+                    old_lp = torch.stack([torch.nn.functional.pad(old[i], (0, t_max - old[i].numel())) for i in bucket])
+                else:
+                    old_lp = pad_old_logprobs(batch, t_max, self.device)
+                adv = torch.tensor([s.advantage for s in batch], device=self.device)
+                loss_tok, clipped = ppo_clip(logp, old_lp, adv, cfg.clip_eps)  # (B, T)
+                kl_tok = None
+                if cfg.kl_beta > 0:
+                    ref_lp = torch.stack([torch.nn.functional.pad(ref[i], (0, t_max - ref[i].numel())) for i in bucket])
+                    kl_tok = kl_estimate(logp, ref_lp, cfg.kl_estimator)
+                    loss_tok = loss_tok + cfg.kl_beta * kl_tok
+                weights = token_weights(mask, cfg.aggregation, num_sequences=n_seq, num_tokens=n_tok,
+                                        max_new_tokens=max_new_tokens)
+                loss = (weights * loss_tok).sum()
+                if not torch.isfinite(loss):
+                    nonfinite = True
+                    break
+                loss.backward()
+                epoch_loss += loss.item()
+                if epoch == 0:
+                    self._accumulate(per_key, batch, mask, loss_tok, weights, clipped, logp, old_lp, kl_tok, entropy)
+            if nonfinite:
+                self.optimizer.zero_grad(set_to_none=True)
+                break
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm).item()
+            if not math.isfinite(grad_norm):
+                nonfinite = True
+                self.optimizer.zero_grad(set_to_none=True)
+                break
+            self.optimizer.step()
+            totals["loss"] += epoch_loss / cfg.ppo_epochs
+            totals["grad_norm"] = grad_norm
+        self.model.eval()
+        metrics: dict[str, Any] = {
+            "loss": totals["loss"], "grad_norm": totals["grad_norm"], "nonfinite": nonfinite,
+            "micro_batches": len(buckets), "padding_fraction": 1.0 - real / padded if padded else 0.0,
+            "trained_tokens": real * cfg.ppo_epochs,
+        }
+        metrics["by_role"] = {key: self._finish(stats) for key, stats in per_key.items()}
+        return metrics
+
+    @staticmethod
+    def _accumulate(per_key, batch, mask, loss_tok, weights, clipped, logp, old_lp, kl_tok, entropy):
+        m = mask.float()
+        with torch.no_grad():
+            for b, s in enumerate(batch):
+                st = per_key[f"{s.game}/{s.role}"]
+                n = m[b].sum().item()
+                st["tokens"] += n
+                st["loss"] += (weights[b] * loss_tok[b]).sum().item()
+                st["clipped"] += (clipped[b].float() * m[b]).sum().item()
+                st["approx_kl_old"] += ((old_lp[b] - logp[b]) * m[b]).sum().item()
+                if kl_tok is not None:
+                    st["kl"] += (kl_tok[b] * m[b]).sum().item()
+                if entropy is not None:
+                    st["entropy"] += (entropy[b] * m[b]).sum().item()
+
+    @staticmethod
+    def _finish(stats) -> dict[str, float]:
+        n = max(stats["tokens"], 1.0)
+        return {"pg_loss": stats["loss"], "clip_fraction": stats["clipped"] / n, "kl": stats["kl"] / n,
+                "entropy": stats["entropy"] / n, "approx_kl_old": stats["approx_kl_old"] / n}
+
+    @torch.no_grad()
+    def _recompute(self, samples, buckets, model=None) -> dict[int, torch.Tensor]:
+        out = {}
+        for bucket in buckets:
+            batch = [samples[i] for i in bucket]
+            logp, mask, _ = completion_logprobs(model or self.model, batch, self.device)
+            for j, i in enumerate(bucket):
+                out[i] = logp[j, : len(samples[i].completion_ids)]
+        return out
+
+    @torch.no_grad()
+    def _reference_logprobs(self, samples, buckets) -> dict[int, torch.Tensor]:
+        if self.reference is None:
+            raise ValueError("kl_beta > 0 needs a reference policy")
+        with self.reference() as reference_model:
+            return self._recompute(samples, buckets, reference_model)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
