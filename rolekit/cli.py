@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from rolekit.plugins import Kernel, PluginError, UnknownNameError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _kernel(args) -> Kernel:
@@ -46,7 +47,7 @@ def cmd_games(args) -> int:
         return 0
     table = RichTable("game", "plugin", "roles", "description")
     for row in rows:
-        table.add_row(row["name"], row["plugin"], ", ".join(row["roles"]), row["description"])
+        table.add_row(row["name"], row["plugin"], ", ".join(row["roles"]), escape(row["description"]))
     Console().print(table)
     return 0
 

@@ -317,7 +317,8 @@ def evaluate(kernel: Kernel, *, game: str, policy: str, opponent: str = "random"
         raise ValueError(f"--episodes must be >= 0, got {episodes}")
     the_game = rollout.make_game(kernel, game, dict(options or {}))
     if exploitability and not hasattr(the_game, "information_sets"):
-        raise ValueError(f"--exploitability: game {game!r} has no exact evaluation (it needs a game with information_sets(), such as kuhn_poker)")
+        raise ValueError(f"--exploitability: game {game!r} has no exact evaluation "
+                         f"(it needs a game with information_sets(), such as kuhn_poker)")
     start = time.perf_counter()
     if not policy.startswith(rollout.SCRIPTED):
         import torch
@@ -343,8 +344,9 @@ def evaluate(kernel: Kernel, *, game: str, policy: str, opponent: str = "random"
 
 
 def cmd_eval(args) -> int:
+    kernel = Kernel(disable=getattr(args, "disable", None) or ())
     report = evaluate(
-        Kernel(disable=getattr(args, "disable", None) or ()), game=args.game, policy=args.policy, opponent=args.opponent, episodes=args.episodes,
+        kernel, game=args.game, policy=args.policy, opponent=args.opponent, episodes=args.episodes,
         seed=args.seed, options=_options(args), exploitability=args.exploitability, samples=args.samples,
         temperature=args.temperature, mirror=args.mirror, device=args.device, concurrency=args.concurrency,
         batch_size=args.batch_size,

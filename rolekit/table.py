@@ -69,9 +69,11 @@ class Responder(Protocol):
 class Ask:
     """``await table.ask(...)``: suspends the episode until its answers arrive."""
 
-    def __init__(self, table: "Table", role: str, prompt: Any, n: int, after: Turn | None, info: Any, sampling):
+    def __init__(self, table: "Table", role: str, prompt: Any, n: int, after: Turn | None, info: Any, sampling,
+                 parent: Turn | None = None):
         self.table, self.role, self.prompt, self.n = table, role, prompt, n
         self.after, self.info, self.sampling = after, info, sampling
+        self.parent = parent if parent is not None else after
         self.answers: list[Answer] | None = None
 
     def request(self) -> AskRequest:
@@ -116,12 +118,14 @@ class Table:
 
     # --- asking ---------------------------------------------------------------------
 
-    def ask(self, role: str, prompt: Any, n: int = 1, *, after: Turn | None = None, info: Any = None,
-            **sampling) -> Ask:
+    def ask(self, role: str, prompt: Any, n: int = 1, *, after: Turn | None = None, parent: Turn | None = None,
+            info: Any = None, **sampling) -> Ask:
         """Ask ``role`` for ``n`` answers to ``prompt`` (a string or chat messages).
 
         ``after``: a previous Turn of the same seat whose context (prompt + completion
         token ids) this ask extends, so multi-turn contexts are never re-tokenised.
+        ``parent``: the turn this ask was spawned from (provenance only, e.g. the
+        question a solver answers); defaults to ``after``.
         ``sampling``: max_new_tokens, temperature, top_p, top_k. Await the result: a
         list of ``n`` Turns.
         """
@@ -132,7 +136,7 @@ class Table:
         unknown = set(sampling) - set(SAMPLING_KEYS)
         if unknown:
             raise TypeError(f"unknown sampling option {sorted(unknown)[0]!r}; valid: {SAMPLING_KEYS}")
-        return Ask(self, role, prompt, n, after, info, sampling)
+        return Ask(self, role, prompt, n, after, info, sampling, parent)
 
     def gather(self, *asks: Ask) -> Gather:
         """Await several asks at once: ``a, b = await table.gather(table.ask(..), table.ask(..))``."""
@@ -148,7 +152,7 @@ class Table:
             turn = Turn(
                 id=turn_id, ask=ask_id, role=ask.role, game=self.game_name, text=answer.text, prompt=ask.prompt,
                 prompt_ids=answer.prompt_ids, completion_ids=answer.completion_ids, logprobs=answer.logprobs,
-                responder=responder, parent=ask.after.id if ask.after is not None else None,
+                responder=responder, parent=ask.parent.id if ask.parent is not None else None,
                 finish_reason=answer.finish_reason, temperature=answer.temperature,
             )
             self.turns.append(turn)
