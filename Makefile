@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 
 ## The main job on the embedded default model.
 demo: setup
-	$(BIN)/rolekit rollout --game kuhn_poker --model smollm2-135m-instruct --episodes 32
+	$(BIN)/rolekit train examples/kuhn_poker.toml
 
 ## The whole test suite, slow tests included (what CI runs).
 test: setup
@@ -32,6 +32,20 @@ test: setup
 ## Skip the slow tests while iterating.
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+## The quick benchmarks (each under 2 minutes), after installing the bench extra (TRL, matplotlib).
+## Each prints its figures as one JSON line last and writes bench/out/NAME.json; the full
+## runs are in BENCHMARKS.md. On a GPU: make bench BENCH_ARGS="--device cuda"
+BENCHES ?= rollout concurrency learner vs_trl learning
+BENCH_STAMP = $(VENV)/.rolekit-bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
+	@set -e; for b in $(BENCHES); do echo "== bench/$$b.py --quick $(BENCH_ARGS)" >&2; \
+		$(BIN)/python bench/$$b.py --quick $(BENCH_ARGS); done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -104,5 +104,18 @@ class ChatTokenizer:
 
     # ------------------------------------------------------------------ decoding
 
+    def ids_containing(self, text: str) -> frozenset[int]:
+        """Every token whose text contains ``text`` (e.g. "]": stop a terse answer at its end)."""
+        cache = self.__dict__.setdefault("_containing", {})
+        if text not in cache:
+            vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            cache[text] = frozenset(i for i, tok in enumerate(vocab)
+                                    if tok is not None and text in self.tokenizer.convert_tokens_to_string([tok]))
+        return cache[text]
+
+    def text_ids(self, text: str) -> tuple[int, ...]:
+        """Plain text (no template, no special tokens) as token ids, e.g. an answer prefix."""
+        return self._ids(text)
+
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)

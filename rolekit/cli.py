@@ -126,7 +126,7 @@ def cmd_train(args) -> int:
         out = Path(args.resume)
     err.print(f"rolekit: training {', '.join(g.game for g in cfg.curriculum)} on {cfg.model.name}; run dir {out}")
     trainer = Trainer(cfg, out, resume=Path(args.resume) if args.resume else None, kernel=_kernel(args),
-                      quiet=args.quiet or None)
+                      quiet=args.quiet or None, tensorboard=args.tensorboard)
     try:
         trainer.run()
     except TrainingAborted as exc:
@@ -205,9 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue a run (its directory or a checkpoint)")
     p.add_argument("--quiet", action="store_true", help="log lines only, no progress display")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to RUN_DIR/tensorboard (the tensorboard extra)")
     p.set_defaults(func=cmd_train)
-    from rolekit import evaluate, play  # noqa: E402 (subcommands defined in their own modules)
-    evaluate.add_parser(sub), play.add_parser(sub)
+    from rolekit import evaluate, play, report  # noqa: E402 (subcommands defined in their own modules)
+    evaluate.add_parser(sub), play.add_parser(sub), report.add_parser(sub)
     return parser
 
 

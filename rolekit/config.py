@@ -69,7 +69,7 @@ class AlgorithmConfig:
     kl_beta: float = attrs.field(default=0.0, validator=_non_negative)  # weight of KL to the reference
     kl_estimator: str = attrs.field(default="k3", validator=attrs.validators.in_(("k1", "k2", "k3")))
     max_grad_norm: float = attrs.field(default=1.0, validator=_positive)
-    micro_batch_tokens: int = attrs.field(default=4096, validator=_positive)  # learner token budget
+    micro_batch_tokens: int = attrs.field(default=1024, validator=_positive)  # learner tokens per micro-batch (memory)
     recompute_logprobs: bool = False  # True: old logprobs from a forward pass, not from generation
     advantage: str = "rae"  # default estimator: rae, grpo, role_norm, raw (or a plugin's)
     advantage_options: dict[str, Any] = attrs.Factory(dict)  # e.g. {decay = 0.95} for rae

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import attrs
 import torch
 
-from rolekit import checkpoint
+from rolekit import checkpoint, report
 from rolekit.config import TrainConfig, to_toml
 from rolekit.learner import Learner
 from rolekit.plugins import Kernel
@@ -198,11 +198,12 @@ class SnapshotResponder(ModelResponder):
 
 class Trainer:
     def __init__(self, config: TrainConfig, out_dir: Path, *, resume: Path | None = None,
-                 kernel: Kernel | None = None, quiet: bool | None = None):
+                 kernel: Kernel | None = None, quiet: bool | None = None, tensorboard: bool = False):
         self.config = config
         self.out = Path(out_dir)
         self.kernel = kernel or Kernel()
         self.quiet = config.logging.quiet if quiet is None else quiet
+        self.tensorboard = report.TensorBoard(self.out) if tensorboard else None  # scalars per step
         torch.manual_seed(config.seed)
         self.curriculum = Curriculum(self.kernel, config)
         self.policy = Policy(config)
@@ -238,11 +239,13 @@ class Trainer:
 
                 # --- rollout: play until the step has enough policy samples ----------------
                 episodes, samples = self._rollout()
+                timing = {"rollout": time.perf_counter() - start}
                 batch = samples[: cfg.rollout.samples_per_step]
                 self.leftover = samples[cfg.rollout.samples_per_step:]
 
                 # --- learn: PPO-clip over the batch (the backend shares these weights) -------
                 learned = self.learner.step(batch, cfg.rollout.max_new_tokens) if batch else {}
+                timing["learn"] = time.perf_counter() - start - timing["rollout"]
                 self._check_finite(learned)
                 self.policy.backend.sync()
                 self.step += 1
@@ -254,13 +257,19 @@ class Trainer:
                 self.elapsed += seconds
                 metrics = self._metrics(episodes, batch, learned, seconds,
                                         self.policy.backend.tokens_generated - tokens_before)
+                metrics["timing"] = {k: round(v, 3) for k, v in timing.items()}
                 if cfg.eval.every and (self.step % cfg.eval.every == 0 or self.step == cfg.algorithm.steps):
+                    eval_start = time.perf_counter()
                     metrics["eval"] = self.evaluate()
+                    metrics["timing"]["eval"] = round(time.perf_counter() - eval_start, 3)
                 self.kernel.step_end(self.step, metrics)
                 self._write(metrics, episodes, batch)
+                if self.tensorboard is not None:
+                    self.tensorboard.log(metrics)
                 if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or \
                         self.step == cfg.algorithm.steps:
                     self.save()
+                    report.refresh(self.out)  # RUN_DIR/report.html; a failure is only a warning
                 history.append(metrics)
                 show(metrics)
         return history
@@ -323,24 +332,30 @@ class Trainer:
     # --- evaluation ---------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, Any]:
-        """Win rates vs scripted opponents and Kuhn exploitability, via rolekit.evaluate."""
+        """Win rates vs scripted opponents and exact Kuhn exploitability (same code as rolekit eval)."""
         from rolekit import evaluate
+        from rolekit.models import LoadedModel
 
+        cfg, temperature = self.config.eval, self.config.rollout.temperature
+        policy = evaluate.Policy(POLICY, self.policy.responder(), model=LoadedModel(
+            self.policy.model, self.policy.tokenizer, self.config.model.name, self.policy.device),
+            backend=self.policy.backend, chat=self.policy.chat)
         out: dict[str, Any] = {}
-        cfg = self.config.eval
-        responder = self.policy.responder()
         for game in {g.name: g for g in self.curriculum.games}.values():
             result: dict[str, Any] = {}
             for name in cfg.opponents:
                 entry = self.kernel.opponents.entry(name)
                 if entry.meta.get("games") is not None and game.name not in entry.meta["games"]:
                     continue
-                with torch.random.fork_rng():
+                with torch.random.fork_rng():  # evaluation must not shift the training RNG stream
                     torch.manual_seed(self.config.seed + self.step)
-                    result[name] = evaluate.win_rates(self.kernel, game, responder, name, cfg.episodes,
-                                                      seed=10**9 + self.step)
-            if cfg.exploitability and evaluate.supports_exploitability(game):
-                result["exploitability"] = evaluate.policy_exploitability(game, self.policy.model, self.policy.chat)
+                    episodes = evaluate.play_against(self.kernel, game, policy, name, episodes=cfg.episodes,
+                                                     seed=10**9 + self.step)
+                result[name] = {k: v for k, v in evaluate.score(episodes).items() if k != "by_seat"}
+            if cfg.exploitability and hasattr(game, "information_sets") and hasattr(game, "exploitability") \
+                    and getattr(game, "mode", "") == "terse":
+                table = evaluate.strategy(game, policy, temperature=temperature)
+                result["exploitability"] = {"exploitability": table["exploitability"], "infosets": table["infosets"]}
             out[game.name] = result
         return out
 

@@ -138,12 +138,13 @@ def answer_ids(chat, text: str) -> tuple[int, ...]:
 
 
 def completion_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
-                        stop_ids: Sequence[int] = (), pad_id: int = 0, batch_size: int = 8) -> list[float]:
+                        stop_ids: Sequence[int] = (), pad_id: int = 0, batch_size: int = 8,
+                        temperature: float = 1.0) -> list[float]:
     """log p(completion | prompt) for each (prompt ids, completion ids), by teacher forcing.
 
     With ``stop_ids``, the answer must also end there: log p(any of ``stop_ids`` | prompt
     + completion) is added (the backend stops at any end-of-turn token). Exact, at
-    temperature 1; the softmax is taken in fp32.
+    ``temperature`` (the policy the sampler draws from: softmax(logits / T)); fp32 softmax.
 
     Batches are left-padded with explicit position ids (so padding changes nothing), and
     only the logits of the last positions (the completions') are computed.
@@ -177,7 +178,7 @@ def completion_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[int
             for row, (_, completion) in enumerate(batch):
                 c = len(completion)
                 # The last c + 1 positions of the row: logits at position t predict token t + 1.
-                logp = torch.log_softmax(logits[row, keep - c - 1:].float(), dim=-1)  # (c + 1, V)
+                logp = torch.log_softmax(logits[row, keep - c - 1:].float() / temperature, dim=-1)  # (c + 1, V)
                 target = torch.tensor(completion, dtype=torch.long, device=logp.device)
                 total = logp[torch.arange(c, device=logp.device), target].sum()
                 if stop_ids:
@@ -188,34 +189,47 @@ def completion_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[int
     return out
 
 
-def exact_action_logprobs(model, chat, game, *, batch_size: int = 8) -> dict[str, dict[str, float]]:
+def exact_action_logprobs(model, chat, game, *, batch_size: int = 8,
+                          temperature: float = 1.0) -> dict[str, dict[str, float]]:
     """log p(answer) of every legal action's answer at every information set (terse mode).
 
-    For each information set, the prompt is the one the game shows (``game.prompt``,
+    For each information set, the prompt is the one the game shows (``game.messages``,
     encoded by ``chat``); each legal action's answer ``game.format_action(a)`` followed
-    by an end-of-turn token is scored by teacher forcing (``completion_logprobs``).
+    by an end-of-turn token is scored by teacher forcing (``completion_logprobs``). With
+    the game's ``answer_prefix`` (e.g. "[") the prefix is part of the prompt; with its
+    ``answer_stop`` (e.g. "]") the answer is the move's text followed by any token that
+    starts with the stop text (generation ends there).
     """
     if getattr(game, "mode", "terse") != "terse":
         raise ValueError("exact action probabilities need terse mode; in reasoning mode use sampled_policy_table")
     sets = _information_sets(game)
     pairs, owners = [], []
+    prefix, stop = getattr(game, "answer_prefix", ""), getattr(game, "answer_stop", "")
+    stop_ids = sorted(chat.eos_ids)
+    if stop:
+        vocab = chat.tokenizer.convert_ids_to_tokens(list(range(len(chat.tokenizer))))
+        stop_ids = sorted(i for i, tok in enumerate(vocab)
+                          if tok is not None and chat.tokenizer.convert_tokens_to_string([tok]).startswith(stop))
     for key, (state, role) in sets.items():
-        prompt = chat.encode(game.prompt(state, role))
+        prompt = chat.encode(game.messages(state, role)) + (answer_ids(chat, prefix) if prefix else ())
         for action in game.legal_actions(state):
-            pairs.append((prompt, answer_ids(chat, game.format_action(action))))
+            answer = game.format_action(action)
+            if not (answer.startswith(prefix) and answer.endswith(stop)):
+                raise ValueError(f"answer {answer!r} does not fit the game's answer prefix/stop {prefix!r}/{stop!r}")
+            pairs.append((prompt, answer_ids(chat, answer[len(prefix):len(answer) - len(stop)])))
             owners.append((key, action))
-    logps = completion_logprobs(model, pairs, stop_ids=sorted(chat.eos_ids), pad_id=chat.pad_id,
-                                batch_size=batch_size)
+    logps = completion_logprobs(model, pairs, stop_ids=stop_ids, pad_id=chat.pad_id, batch_size=batch_size,
+                                temperature=temperature)
     grouped: dict[str, dict[str, float]] = {key: {} for key in sets}
     for (key, action), lp in zip(owners, logps):
         grouped[key][action] = lp
     return grouped
 
 
-def exact_policy_table(model, chat, game, *, batch_size: int = 8) -> PolicyTable:
+def exact_policy_table(model, chat, game, *, batch_size: int = 8, temperature: float = 1.0) -> PolicyTable:
     """Exact action probabilities of a model at every information set (terse mode): the
     likelihoods of the legal answers (``exact_action_logprobs``) normalised over them."""
-    logps = exact_action_logprobs(model, chat, game, batch_size=batch_size)
+    logps = exact_action_logprobs(model, chat, game, batch_size=batch_size, temperature=temperature)
     return {key: _softmax(lps) for key, lps in logps.items()}
 
 
@@ -239,7 +253,8 @@ def sampled_policy_table(backend, chat, game, *, samples: int, temperature: floa
     sets = _information_sets(game)
     requests, owners = [], []
     for key, (state, role) in sets.items():
-        ids = chat.encode(game.prompt(state, role))
+        prefix = getattr(game, "answer_prefix", "")
+        ids = chat.encode(game.messages(state, role)) + (answer_ids(chat, prefix) if prefix else ())
         for _ in range(samples):
             requests.append(GenerationRequest(prompt_ids=ids, max_new_tokens=game.max_new_tokens,
                                               temperature=temperature))
@@ -247,7 +262,8 @@ def sampled_policy_table(backend, chat, game, *, samples: int, temperature: floa
     counts: dict[str, Counter] = {key: Counter() for key in sets}
     for key, gen in zip(owners, backend.generate(requests)):
         state, _ = sets[key]
-        counts[key][game.parse_action(state, chat.decode(gen.completion_ids))] += 1
+        text = getattr(game, "answer_prefix", "") + chat.decode(gen.completion_ids)
+        counts[key][game.parse_action(state, text)] += 1
     return _frequencies(game, sets, counts)
 
 
@@ -286,10 +302,10 @@ def strategy(game, policy: Policy, *, samples: int = 32, temperature: float = 1.
         table, exact = scripted_policy_table(policy.scripted, game, samples=max(samples, 10000), seed=seed)
         out["extraction"] = "exact" if exact else f"sampled ({max(samples, 10000)} draws per information set)"
     elif getattr(game, "mode", "terse") == "terse":
-        logps = exact_action_logprobs(policy.model.model, policy.chat, game)
+        logps = exact_action_logprobs(policy.model.model, policy.chat, game, temperature=temperature)
         table = {key: _softmax(lps) for key, lps in logps.items()}
-        out["extraction"] = "exact (teacher-forced likelihood of each legal answer)"
-        # How likely a sampled answer (temperature 1) is exactly one of the legal answers.
+        out["extraction"] = f"exact (teacher-forced likelihood of each legal answer, temperature {temperature})"
+        # How likely a sampled answer is exactly one of the legal answers.
         out["legal_answer_probability"] = {key: round(sum(math.exp(lp) for lp in lps.values()), 6)
                                            for key, lps in logps.items()}
     else:

@@ -68,7 +68,10 @@ class TurnBasedGame(Game):
 
     Options: ``mode`` "terse" (answer only) or "reasoning" (think, then answer);
     ``thread``: each seat continues one chat (its context extends the previous one)
-    instead of a fresh prompt per move; ``max_new_tokens`` per move; ``invalid_move``.
+    instead of a fresh prompt per move; ``max_new_tokens`` per move; ``invalid_*``: what
+    an invalid move costs; ``answer_prefix``: text every answer starts with and
+    ``answer_stop``: text that ends it (terse mode: "[" and "]", so even a small model
+    answers in the move format from the first step and stops there; "" to write freely).
     """
 
     max_turns: ClassVar[int] = 100  # safety bound on moves in one episode
@@ -82,6 +85,8 @@ class TurnBasedGame(Game):
         invalid_penalty: float = -1.5,
         invalid_opponent_reward: float = 0.5,
         invalid_ends_game: bool = True,
+        answer_prefix: str | None = None,
+        answer_stop: str | None = None,
         **options: Any,
     ):
         super().__init__(**options)
@@ -91,6 +96,9 @@ class TurnBasedGame(Game):
         self.thread = thread
         self.max_new_tokens = max_new_tokens or (16 if mode == "terse" else 256)
         self.invalid_move = InvalidMoveRule(invalid_ends_game, invalid_penalty, invalid_opponent_reward)
+        terse = mode == "terse"
+        self.answer_prefix = answer_prefix if answer_prefix is not None else ("[" if terse else "")
+        self.answer_stop = answer_stop if answer_stop is not None else ("]" if terse else "")
 
     # --- rules: implemented by each game ------------------------------------------------
 
@@ -137,6 +145,12 @@ class TurnBasedGame(Game):
     def prompt(self, state: Any, role: str) -> str:
         return f"{self.rules(role)}\n\n{self.observe(state, role)}\n\n{self.instructions(state)}"
 
+    def messages(self, state: Any, role: str) -> list[dict[str, str]]:
+        """The first ask of a seat as chat messages: the rules as the system message (so
+        the model's own default system prompt is replaced, not added to), then the view."""
+        return [{"role": "system", "content": self.rules(role)},
+                {"role": "user", "content": f"{self.observe(state, role)}\n\n{self.instructions(state)}"}]
+
     def follow_up(self, state: Any, role: str) -> str:
         """The next message in a threaded seat's chat (rules were in the first one)."""
         return f"{self.observe(state, role)}\n\n{self.instructions(state)}"
@@ -164,8 +178,9 @@ class TurnBasedGame(Game):
             role = self.current_role(state)
             move = MoveInfo(self, state, role, tuple(self.legal_actions(state)))
             previous = last_turn.get(role) if self.thread else None
-            text = self.follow_up(state, role) if previous is not None else self.prompt(state, role)
-            [turn] = await table.ask(role, text, after=previous, info=move, max_new_tokens=self.max_new_tokens)
+            text = self.follow_up(state, role) if previous is not None else self.messages(state, role)
+            [turn] = await table.ask(role, text, after=previous, info=move, prefix=self.answer_prefix,
+                                     stop=self.answer_stop, max_new_tokens=self.max_new_tokens)
             last_turn[role] = turn
             action = self.parse_action(state, turn.text)
             table.set_action(turn, action)

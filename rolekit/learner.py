@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rolekit.losses import entropy_from_logits, kl_estimate, ppo_clip, token_weights
+from rolekit.losses import kl_estimate, ppo_clip, token_weights
 from rolekit.types import Sample
 
 
@@ -80,8 +80,14 @@ def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_e
     chosen = logp.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
     shape = (len(samples), t_max)
     mask = torch.tensor(valid, device=device).view(shape)
-    entropy = entropy_from_logits(logits.detach()).view(shape) if with_entropy else None
+    # entropy from the log-softmax already taken (entropy_from_logits would take it again)
+    entropy = _entropy(logp.detach()).view(shape) if with_entropy else None
     return chosen.view(shape), mask, entropy
+
+
+def _entropy(logp: torch.Tensor) -> torch.Tensor:
+    """-sum p log p over the last axis, from log-probabilities. (N, V) -> (N,)"""
+    return -(logp.exp() * logp).sum(dim=-1)
 
 
 def pad_old_logprobs(samples: Sequence[Sample], t_max: int, device) -> torch.Tensor:
@@ -173,17 +179,19 @@ class Learner:
     def _accumulate(per_key, batch, mask, loss_tok, weights, clipped, logp, old_lp, kl_tok, entropy):
         m = mask.float()
         with torch.no_grad():
-            for b, s in enumerate(batch):
+            sums = {  # per-sample sums over tokens, (B,) each
+                "tokens": m.sum(1), "loss": (weights * loss_tok).sum(1), "clipped": (clipped.float() * m).sum(1),
+                "approx_kl_old": ((old_lp - logp) * m).sum(1),
+            }
+            if kl_tok is not None:
+                sums["kl"] = (kl_tok * m).sum(1)
+            if entropy is not None:
+                sums["entropy"] = (entropy * m).sum(1)
+            rows = torch.stack(list(sums.values()), 1).tolist()  # one device->host copy, not 5 per sample
+            for s, row in zip(batch, rows):
                 st = per_key[f"{s.game}/{s.role}"]
-                n = m[b].sum().item()
-                st["tokens"] += n
-                st["loss"] += (weights[b] * loss_tok[b]).sum().item()
-                st["clipped"] += (clipped[b].float() * m[b]).sum().item()
-                st["approx_kl_old"] += ((old_lp[b] - logp[b]) * m[b]).sum().item()
-                if kl_tok is not None:
-                    st["kl"] += (kl_tok[b] * m[b]).sum().item()
-                if entropy is not None:
-                    st["entropy"] += (entropy[b] * m[b]).sum().item()
+                for name, x in zip(sums, row):
+                    st[name] += x
 
     @staticmethod
     def _finish(stats) -> dict[str, float]:

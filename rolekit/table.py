@@ -43,6 +43,8 @@ class AskRequest:
     sampling: dict[str, Any]
     info: Any = None  # game-specific (e.g. MoveInfo) for scripted responders
     after: Turn | None = None  # continue this turn's thread
+    prefix: str = ""  # the answer starts with this text (part of the prompt, not generated)
+    stop: str = ""  # generation ends at the first token containing this text
     rng: random.Random | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -70,15 +72,15 @@ class Ask:
     """``await table.ask(...)``: suspends the episode until its answers arrive."""
 
     def __init__(self, table: "Table", role: str, prompt: Any, n: int, after: Turn | None, info: Any, sampling,
-                 parent: Turn | None = None):
-        self.table, self.role, self.prompt, self.n = table, role, prompt, n
+                 parent: Turn | None = None, prefix: str = "", stop: str = ""):
+        self.table, self.role, self.prompt, self.n, self.prefix, self.stop = table, role, prompt, n, prefix, stop
         self.after, self.info, self.sampling = after, info, sampling
         self.parent = parent if parent is not None else after
         self.answers: list[Answer] | None = None
 
     def request(self) -> AskRequest:
         return AskRequest(self.table.game_name, self.role, self.prompt, self.n, self.sampling,
-                          self.info, self.after, self.table.responder_rng)
+                          self.info, self.after, self.prefix, self.stop, self.table.responder_rng)
 
     def __await__(self):
         yield (self,)
@@ -119,13 +121,17 @@ class Table:
     # --- asking ---------------------------------------------------------------------
 
     def ask(self, role: str, prompt: Any, n: int = 1, *, after: Turn | None = None, parent: Turn | None = None,
-            info: Any = None, **sampling) -> Ask:
+            info: Any = None, prefix: str = "", stop: str = "", **sampling) -> Ask:
         """Ask ``role`` for ``n`` answers to ``prompt`` (a string or chat messages).
 
         ``after``: a previous Turn of the same seat whose context (prompt + completion
         token ids) this ask extends, so multi-turn contexts are never re-tokenised.
         ``parent``: the turn this ask was spawned from (provenance only, e.g. the
         question a solver answers); defaults to ``after``.
+        ``prefix``: text the answer is forced to start with (e.g. "[" so a small model
+        answers in the move format); its tokens belong to the prompt, and the turn's
+        text is prefix + generated text. ``stop``: generation ends at the first token
+        containing this text (e.g. "]" after a terse move).
         ``sampling``: max_new_tokens, temperature, top_p, top_k. Await the result: a
         list of ``n`` Turns.
         """
@@ -136,7 +142,7 @@ class Table:
         unknown = set(sampling) - set(SAMPLING_KEYS)
         if unknown:
             raise TypeError(f"unknown sampling option {sorted(unknown)[0]!r}; valid: {SAMPLING_KEYS}")
-        return Ask(self, role, prompt, n, after, info, sampling, parent)
+        return Ask(self, role, prompt, n, after, info, sampling, parent, prefix, stop)
 
     def gather(self, *asks: Ask) -> Gather:
         """Await several asks at once: ``a, b = await table.gather(table.ask(..), table.ask(..))``."""
@@ -220,24 +226,27 @@ class ModelResponder:
 
     def prompt_ids(self, ask: AskRequest) -> tuple[int, ...]:
         if ask.after is None:
-            return self.chat.encode(ask.prompt)
-        if not isinstance(ask.prompt, str):
+            ids = self.chat.encode(ask.prompt)
+        elif not isinstance(ask.prompt, str):
             raise TypeError("a follow-up ask (after=turn) takes the new user message as a string")
-        return self.chat.continue_ids(ask.after.context_ids, ask.after.finish_reason, ask.prompt)
+        else:
+            ids = self.chat.continue_ids(ask.after.context_ids, ask.after.finish_reason, ask.prompt)
+        return ids + self.chat.text_ids(ask.prefix) if ask.prefix else ids
 
     def respond(self, asks: Sequence[AskRequest]) -> list[list[Answer]]:
         requests, owners = [], []
         for i, ask in enumerate(asks):
             ids = self.prompt_ids(ask)
             params = {**self.defaults, **ask.sampling}
+            stop_ids = self.chat.ids_containing(ask.stop) if ask.stop else frozenset()
             for _ in range(ask.n):
-                requests.append(self._request(prompt_ids=ids, **params))
+                requests.append(self._request(prompt_ids=ids, stop_ids=stop_ids, **params))
                 owners.append(i)
         generations = self.backend.generate(requests)
         out: list[list[Answer]] = [[] for _ in asks]
         for owner, req, gen in zip(owners, requests, generations):
             out[owner].append(Answer(
-                text=self.chat.decode(gen.completion_ids), prompt_ids=req.prompt_ids,
+                text=asks[owner].prefix + self.chat.decode(gen.completion_ids), prompt_ids=req.prompt_ids,
                 completion_ids=gen.completion_ids, logprobs=gen.logprobs, finish_reason=gen.finish_reason,
                 temperature=req.temperature,
             ))

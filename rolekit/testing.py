@@ -27,6 +27,12 @@ class CharChat:
         tail = () if finish_reason == "stop" else (EOS,)
         return tuple(context_ids) + tail + tuple(ord(c) for c in f"<user>{user_text}<assistant>")
 
+    def ids_containing(self, text: str) -> frozenset[int]:
+        return frozenset(ord(c) for c in text) if len(text) == 1 else frozenset()
+
+    def text_ids(self, text: str) -> tuple[int, ...]:
+        return tuple(ord(c) for c in text)
+
     def decode(self, ids) -> str:
         return "".join(chr(i) for i in ids if i != EOS)
 

@@ -32,6 +32,7 @@ class GenerationRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    stop_ids: frozenset[int] = attrs.field(default=frozenset(), converter=frozenset)  # extra tokens that end it
 
     @prompt_ids.validator
     def _nonempty(self, attribute, value):

@@ -76,7 +76,7 @@ def small_lora_run(steps):
 
 
 def comparable(history):
-    drop = {"seconds", "elapsed", "episodes_per_s", "tokens_per_s"}
+    drop = {"seconds", "elapsed", "episodes_per_s", "tokens_per_s", "timing"}
     return [{k: v for k, v in m.items() if k not in drop} for m in history]
 
 

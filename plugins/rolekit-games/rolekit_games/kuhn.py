@@ -135,6 +135,13 @@ class KuhnPoker(TurnBasedGame):
 
     def rules(self, role: str) -> str:
         rounds = "one round" if self.rounds == 1 else f"{self.rounds} rounds (a new deal each round)"
+        if self.mode == "terse":  # short prompts: a small model reads them better, and cheaper
+            return (
+                f"You are {role} in Kuhn Poker, {rounds}. Cards J < Q < K; each player antes 1 chip and holds "
+                "one hidden card. "
+                "[bet] or [call] adds 1 chip to the pot; [fold] gives up the pot; "
+                "at showdown the higher card wins the pot. Win as many chips as you can."
+            )
         return (
             f"You are {role} in Kuhn Poker, a two-player card game of {rounds}.\n"
             "The deck has three cards, J < Q < K. Each round both players ante 1 chip into the pot and "

@@ -44,11 +44,14 @@ def test_exact_policy_table_normalises_answer_likelihoods(tiny, tiny_chat):
         state, role = game.information_sets()[key]
         assert list(dist) == game.legal_actions(state)
         assert sum(dist.values()) == pytest.approx(1.0)
-    # One information set by hand.
+    # One information set by hand: the prompt ends with the answer prefix "[", the answer is
+    # the move's tokens, then any token starting with the stop text "]" ends it.
     state, role = game.information_sets()["Qb"]
-    prompt = tiny_chat.encode(game.prompt(state, role))
-    lp = {a: naive_logprob(tiny.model, prompt, evaluate.answer_ids(tiny_chat, f"[{a}]"), sorted(tiny_chat.eos_ids))
-          for a in ("fold", "call")}
+    prompt = tiny_chat.encode(game.messages(state, role)) + tiny_chat.text_ids("[")
+    vocab = tiny_chat.tokenizer.convert_ids_to_tokens(list(range(len(tiny_chat.tokenizer))))
+    closing = sorted(i for i, t in enumerate(vocab) if tiny_chat.tokenizer.convert_tokens_to_string([t]).startswith("]"))
+    assert closing and all("]" in tiny_chat.decode([i]) for i in closing)
+    lp = {a: naive_logprob(tiny.model, prompt, evaluate.answer_ids(tiny_chat, a), closing) for a in ("fold", "call")}
     assert table["Qb"]["call"] == pytest.approx(1 / (1 + math.exp(lp["fold"] - lp["call"])), abs=1e-4)
     with pytest.raises(ValueError, match="terse"):
         evaluate.exact_policy_table(tiny.model, tiny_chat, KuhnPoker(mode="reasoning"))
