@@ -35,6 +35,16 @@ def _sample(episode: Episode, turn: Turn, advantage: float, reward: float) -> Sa
                   turn=turn.id)
 
 
+class _Stateless:
+    """Estimators that keep no state between steps (nothing to checkpoint)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class RAE:
     """Role-conditioned advantage estimation (SPIRAL, Liu et al. 2025, Alg. 1).
 
@@ -69,7 +79,7 @@ class RAE:
         self.baselines = dict(state["baselines"])
 
 
-class GRPO:
+class GRPO(_Stateless):
     """Group-relative advantages: normalise within the n samples of one ask (Shao et al. 2024).
 
     A_i = r_i - mean(r) (Dr. GRPO's unbiased form, the default), or (r_i - mean) / (std + eps)
@@ -99,14 +109,8 @@ class GRPO:
                         out.append(_sample(episode, t, a, r))
         return out
 
-    def state_dict(self) -> dict:
-        return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class RoleNorm:
+class RoleNorm(_Stateless):
     """Whiten rewards over the batch, separately per (game, role) (one sample per prompt)."""
 
     def __init__(self, eps: float = 1e-6, drop_zero: bool = True):
@@ -127,14 +131,8 @@ class RoleNorm:
                     out.append(_sample(episode, t, a, r))
         return out
 
-    def state_dict(self) -> dict:
-        return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class Raw:
+class Raw(_Stateless):
     """The reward itself as the advantage (REINFORCE without a baseline)."""
 
     def __init__(self, drop_zero: bool = True):
@@ -148,11 +146,5 @@ class Raw:
                 if r != 0.0 or not self.drop_zero:
                     out.append(_sample(episode, t, r, r))
         return out
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 

@@ -136,7 +136,7 @@ class TurnBasedGame(Game):
     def instructions(self, state: Any) -> str:
         legal = ", ".join(self.format_action(a) for a in self.legal_actions(state))
         if self.mode == "terse":
-            return f"Legal actions: {legal}\nReply with exactly one legal action in square brackets, nothing else."
+            return f"Legal actions: {legal}. Reply with one, nothing else."
         return (
             f"Legal actions: {legal}\nThink step by step, then give your final action as "
             f"\\boxed{{action}}, e.g. \\boxed{{{self.legal_actions(state)[0]}}}."

@@ -223,15 +223,27 @@ class ModelResponder:
         self.name, self.backend, self.chat = name, backend, chat
         self.defaults = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                          "top_k": top_k}
+        # Opening prompts repeat (a Kuhn deal has 6, an empty TicTacToe board 2): their ids are
+        # kept, so the chat template and the tokenizer run once per distinct prompt.
+        self._opening_ids: dict[tuple, tuple[int, ...]] = {}
 
     def prompt_ids(self, ask: AskRequest) -> tuple[int, ...]:
         if ask.after is None:
-            ids = self.chat.encode(ask.prompt)
-        elif not isinstance(ask.prompt, str):
+            return self._opening(ask.prompt, ask.prefix)
+        if not isinstance(ask.prompt, str):
             raise TypeError("a follow-up ask (after=turn) takes the new user message as a string")
-        else:
-            ids = self.chat.continue_ids(ask.after.context_ids, ask.after.finish_reason, ask.prompt)
+        ids = self.chat.continue_ids(ask.after.context_ids, ask.after.finish_reason, ask.prompt)
         return ids + self.chat.text_ids(ask.prefix) if ask.prefix else ids
+
+    def _opening(self, prompt: Any, prefix: str) -> tuple[int, ...]:
+        key = (_frozen(prompt), prefix)
+        ids = self._opening_ids.get(key)
+        if ids is None:
+            ids = self.chat.encode(prompt) + (self.chat.text_ids(prefix) if prefix else ())
+            if len(self._opening_ids) >= 4096:
+                self._opening_ids.clear()
+            self._opening_ids[key] = ids
+        return ids
 
     def respond(self, asks: Sequence[AskRequest]) -> list[list[Answer]]:
         requests, owners = [], []
@@ -251,6 +263,11 @@ class ModelResponder:
                 temperature=req.temperature,
             ))
         return out
+
+
+def _frozen(prompt: Any) -> Any:
+    """A prompt (a string or role/content messages) as a dict key."""
+    return prompt if isinstance(prompt, str) else tuple((m["role"], m["content"]) for m in prompt)
 
 
 class ScriptedResponder:

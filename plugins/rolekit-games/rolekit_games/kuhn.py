@@ -136,7 +136,9 @@ class KuhnPoker(TurnBasedGame):
     def rules(self, role: str) -> str:
         rounds = "one round" if self.rounds == 1 else f"{self.rounds} rounds (a new deal each round)"
         if self.mode == "terse":  # short prompts: a small model reads them better, and cheaper
-            return (
+            return (f"You are {role} in Kuhn Poker ({rounds}). Cards J < Q < K, one hidden card each. "
+                    "Bet or call adds 1 chip to the pot; fold gives up the pot; at showdown the higher card wins.")
+        return (
                 f"You are {role} in Kuhn Poker, {rounds}. Cards J < Q < K; each player antes 1 chip and holds "
                 "one hidden card. "
                 "[bet] or [call] adds 1 chip to the pot; [fold] gives up the pot; "
@@ -165,6 +167,10 @@ class KuhnPoker(TurnBasedGame):
         if state.over:
             return "\n".join(lines + ["The game is over."])
         card = CARDS[state.deals[state.round][me]]
+        if self.mode == "terse" and self.rounds == 1:  # the short form of the same facts
+            verbs = _describe(state.history)
+            seen = ", ".join(f"{'you' if (state.first + k) % 2 == me else 'opponent'} {v}" for k, v in enumerate(verbs))
+            return f"Your card: {card}. {seen.capitalize() if seen else 'You act first'}. Pot: {2 + state.history.count(_AGGRESSIVE)}."
         who = "You act first" if state.first == me else "Your opponent acts first"
         lines.append(f"Round {state.round + 1} of {self.rounds}. Your card: {card}. {who} this round.")
         pot = 2 + state.history.count(_AGGRESSIVE)
