@@ -210,13 +210,17 @@ def exact_action_logprobs(model, chat, game, *, batch_size: int = 8,
         vocab = chat.tokenizer.convert_ids_to_tokens(list(range(len(chat.tokenizer))))
         stop_ids = sorted(i for i, tok in enumerate(vocab)
                           if tok is not None and chat.tokenizer.convert_tokens_to_string([tok]).startswith(stop))
+    choose = getattr(game, "choose", False)
+    if choose:  # the sampler scores exactly the tokens of each legal answer (after the prefix)
+        stop_ids = []
     for key, (state, role) in sets.items():
         prompt = chat.encode(game.messages(state, role)) + (answer_ids(chat, prefix) if prefix else ())
         for action in game.legal_actions(state):
             answer = game.format_action(action)
             if not (answer.startswith(prefix) and answer.endswith(stop)):
                 raise ValueError(f"answer {answer!r} does not fit the game's answer prefix/stop {prefix!r}/{stop!r}")
-            pairs.append((prompt, answer_ids(chat, answer[len(prefix):len(answer) - len(stop)])))
+            end = len(answer) if choose else len(answer) - len(stop)
+            pairs.append((prompt, answer_ids(chat, answer[len(prefix):end])))
             owners.append((key, action))
     logps = completion_logprobs(model, pairs, stop_ids=stop_ids, pad_id=chat.pad_id, batch_size=batch_size,
                                 temperature=temperature)

@@ -71,7 +71,9 @@ class TurnBasedGame(Game):
     instead of a fresh prompt per move; ``max_new_tokens`` per move; ``invalid_*``: what
     an invalid move costs; ``answer_prefix``: text every answer starts with and
     ``answer_stop``: text that ends it (terse mode: "[" and "]", so even a small model
-    answers in the move format from the first step and stops there; "" to write freely).
+    answers in the move format from the first step and stops there; "" to write freely);
+    ``choose``: the model picks among the legal answers by its own likelihood of each
+    (constrained decoding: no invalid moves, no format to learn first).
     """
 
     max_turns: ClassVar[int] = 100  # safety bound on moves in one episode
@@ -87,6 +89,7 @@ class TurnBasedGame(Game):
         invalid_ends_game: bool = True,
         answer_prefix: str | None = None,
         answer_stop: str | None = None,
+        choose: bool = False,
         **options: Any,
     ):
         super().__init__(**options)
@@ -99,6 +102,7 @@ class TurnBasedGame(Game):
         terse = mode == "terse"
         self.answer_prefix = answer_prefix if answer_prefix is not None else ("[" if terse else "")
         self.answer_stop = answer_stop if answer_stop is not None else ("]" if terse else "")
+        self.choose = choose
 
     # --- rules: implemented by each game ------------------------------------------------
 
@@ -179,8 +183,10 @@ class TurnBasedGame(Game):
             move = MoveInfo(self, state, role, tuple(self.legal_actions(state)))
             previous = last_turn.get(role) if self.thread else None
             text = self.follow_up(state, role) if previous is not None else self.messages(state, role)
+            choices = [self.format_action(a)[len(self.answer_prefix):] for a in move.legal_actions] \
+                if self.choose else ()
             [turn] = await table.ask(role, text, after=previous, info=move, prefix=self.answer_prefix,
-                                     stop=self.answer_stop, max_new_tokens=self.max_new_tokens)
+                                     stop=self.answer_stop, choices=choices, max_new_tokens=self.max_new_tokens)
             last_turn[role] = turn
             action = self.parse_action(state, turn.text)
             table.set_action(turn, action)

@@ -45,6 +45,7 @@ class AskRequest:
     after: Turn | None = None  # continue this turn's thread
     prefix: str = ""  # the answer starts with this text (part of the prompt, not generated)
     stop: str = ""  # generation ends at the first token containing this text
+    choices: tuple[str, ...] = ()  # if given, the answer is one of these (after the prefix)
     rng: random.Random | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -72,15 +73,16 @@ class Ask:
     """``await table.ask(...)``: suspends the episode until its answers arrive."""
 
     def __init__(self, table: "Table", role: str, prompt: Any, n: int, after: Turn | None, info: Any, sampling,
-                 parent: Turn | None = None, prefix: str = "", stop: str = ""):
+                 parent: Turn | None = None, prefix: str = "", stop: str = "", choices: tuple[str, ...] = ()):
         self.table, self.role, self.prompt, self.n, self.prefix, self.stop = table, role, prompt, n, prefix, stop
+        self.choices = tuple(choices)
         self.after, self.info, self.sampling = after, info, sampling
         self.parent = parent if parent is not None else after
         self.answers: list[Answer] | None = None
 
     def request(self) -> AskRequest:
         return AskRequest(self.table.game_name, self.role, self.prompt, self.n, self.sampling,
-                          self.info, self.after, self.prefix, self.stop, self.table.responder_rng)
+                          self.info, self.after, self.prefix, self.stop, self.choices, self.table.responder_rng)
 
     def __await__(self):
         yield (self,)
@@ -121,7 +123,7 @@ class Table:
     # --- asking ---------------------------------------------------------------------
 
     def ask(self, role: str, prompt: Any, n: int = 1, *, after: Turn | None = None, parent: Turn | None = None,
-            info: Any = None, prefix: str = "", stop: str = "", **sampling) -> Ask:
+            info: Any = None, prefix: str = "", stop: str = "", choices: Sequence[str] = (), **sampling) -> Ask:
         """Ask ``role`` for ``n`` answers to ``prompt`` (a string or chat messages).
 
         ``after``: a previous Turn of the same seat whose context (prompt + completion
@@ -131,7 +133,9 @@ class Table:
         ``prefix``: text the answer is forced to start with (e.g. "[" so a small model
         answers in the move format); its tokens belong to the prompt, and the turn's
         text is prefix + generated text. ``stop``: generation ends at the first token
-        containing this text (e.g. "]" after a terse move).
+        containing this text (e.g. "]" after a terse move). ``choices``: a model answers
+        with one of these texts (after the prefix), sampled from its own likelihoods of
+        them renormalised over the choices (constrained decoding: never malformed).
         ``sampling``: max_new_tokens, temperature, top_p, top_k. Await the result: a
         list of ``n`` Turns.
         """
@@ -142,7 +146,7 @@ class Table:
         unknown = set(sampling) - set(SAMPLING_KEYS)
         if unknown:
             raise TypeError(f"unknown sampling option {sorted(unknown)[0]!r}; valid: {SAMPLING_KEYS}")
-        return Ask(self, role, prompt, n, after, info, sampling, parent, prefix, stop)
+        return Ask(self, role, prompt, n, after, info, sampling, parent, prefix, stop, choices)
 
     def gather(self, *asks: Ask) -> Gather:
         """Await several asks at once: ``a, b = await table.gather(table.ask(..), table.ask(..))``."""
@@ -246,22 +250,49 @@ class ModelResponder:
         return ids
 
     def respond(self, asks: Sequence[AskRequest]) -> list[list[Answer]]:
+        out: list[list[Answer]] = [[] for _ in asks]
+        chosen = [i for i, ask in enumerate(asks) if ask.choices]
+        if chosen:
+            for i, answers in zip(chosen, self._choose([asks[i] for i in chosen])):
+                out[i] = answers
         requests, owners = [], []
         for i, ask in enumerate(asks):
+            if ask.choices:
+                continue
             ids = self.prompt_ids(ask)
             params = {**self.defaults, **ask.sampling}
             stop_ids = self.chat.ids_containing(ask.stop) if ask.stop else frozenset()
             for _ in range(ask.n):
                 requests.append(self._request(prompt_ids=ids, stop_ids=stop_ids, **params))
                 owners.append(i)
-        generations = self.backend.generate(requests)
-        out: list[list[Answer]] = [[] for _ in asks]
+        generations = self.backend.generate(requests) if requests else []
         for owner, req, gen in zip(owners, requests, generations):
             out[owner].append(Answer(
                 text=asks[owner].prefix + self.chat.decode(gen.completion_ids), prompt_ids=req.prompt_ids,
                 completion_ids=gen.completion_ids, logprobs=gen.logprobs, finish_reason=gen.finish_reason,
                 temperature=req.temperature,
             ))
+        return out
+
+    def _choose(self, asks: Sequence[AskRequest]) -> list[list[Answer]]:
+        """Constrained answers: score every choice of every ask in one batch, sample n each."""
+        import torch
+
+        pairs, spans = [], []
+        for ask in asks:
+            ids = self.prompt_ids(ask)
+            start = len(pairs)
+            pairs += [(ids, self.chat.text_ids(c)) for c in ask.choices]
+            spans.append((start, len(pairs), ids))
+        temperature = {**self.defaults, **(asks[0].sampling if asks else {})}["temperature"] or 1.0
+        scored = self.backend.score(pairs, temperature=temperature)
+        out = []
+        for ask, (start, end, ids) in zip(asks, spans):
+            totals = torch.tensor([sum(scored[k]) for k in range(start, end)])
+            picks = torch.multinomial(torch.softmax(totals, dim=0), ask.n, replacement=True).tolist()
+            out.append([Answer(text=ask.prefix + ask.choices[j], prompt_ids=ids, completion_ids=pairs[start + j][1],
+                               logprobs=scored[start + j], finish_reason="stop", temperature=temperature)
+                        for j in picks])
         return out
 
 

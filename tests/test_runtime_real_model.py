@@ -102,3 +102,34 @@ def test_rollout_against_a_scripted_opponent_on_a_real_model(kernel, policy):
     assert sum(s["invalid"] for s in summary.values()) > 0
     for e in episodes:
         assert e.info.get("invalid") in (None, *[r for r, w in e.seats.items() if w == "policy"])
+
+
+def test_constrained_choices_never_produce_an_invalid_move(kernel, policy, tiny):
+    backend, responder = policy
+    game = kernel.games.get("nim")(stones=4, choose=True)
+    episodes = list(Scheduler({"policy": responder}, kernel=kernel).run(specs(game, 6, 0, {})))
+    assert all(e.ok and e.info.get("invalid") is None for e in episodes)
+    chat = ChatTokenizer(tiny.tokenizer)
+    for e in episodes:
+        for t in e.turns:
+            assert t.text in ("[1]", "[2]") and t.action == t.text[1]
+            assert t.completion_ids == chat.text_ids(t.text[1:])
+            # the turn carries the model's own per-token logprobs of the chosen answer
+            [again] = backend.score([(t.prompt_ids, t.completion_ids)])
+            assert again == pytest.approx(t.logprobs, abs=1e-4)
+
+
+def test_constrained_choices_sample_by_the_models_likelihood(kernel, tiny):
+    import torch
+
+    backend = HFBackend(tiny.model, tiny.tokenizer, max_batch_size=64)
+    responder = ModelResponder("policy", backend, ChatTokenizer(tiny.tokenizer))
+    from rolekit.table import AskRequest
+
+    ask = AskRequest("nim", "player_0", "Pick one.", 400, {}, prefix="[", choices=("1]", "2]"))
+    scores = backend.score([(responder.prompt_ids(ask), responder.chat.text_ids(c)) for c in ask.choices])
+    p1 = torch.softmax(torch.tensor([sum(s) for s in scores]), 0)[0].item()
+    torch.manual_seed(0)
+    [answers] = responder.respond([ask])
+    share = sum(a.text == "[1]" for a in answers) / len(answers)
+    assert abs(share - p1) < 0.08, (share, p1)

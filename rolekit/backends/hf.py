@@ -134,6 +134,45 @@ class HFBackend:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
+    def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, temperature: float = 1.0,
+              batch_size: int | None = None) -> list[tuple[float, ...]]:
+        """Per-token log pi(completion | prompt) at ``temperature``, by teacher forcing.
+
+        One tuple per (prompt ids, completion ids) pair. Batches are left-padded with
+        explicit position ids, and the LM head runs only at the completion positions.
+        """
+        model = self.model
+        device = next(model.parameters()).device
+        size = batch_size or self.max_batch_size
+        out: list[tuple[float, ...]] = []
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, len(pairs), size):
+                batch = pairs[start:start + size]
+                seqs = [tuple(p) + tuple(c) for p, c in batch]
+                width = max(len(q) for q in seqs)
+                ids = torch.full((len(seqs), width), self.chat.pad_id, dtype=torch.long)  # (B, L) left-padded
+                mask = torch.zeros((len(seqs), width), dtype=torch.long)
+                for row, seq in enumerate(seqs):
+                    ids[row, width - len(seq):] = torch.tensor(seq)
+                    mask[row, width - len(seq):] = 1
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                keep = max(len(c) for _, c in batch) + 1
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                               position_ids=positions.to(device), logits_to_keep=keep).logits[:, -keep:]
+                logp = torch.log_softmax(logits.float() / max(temperature, 1e-5), dim=-1)  # (B, keep, V)
+                for row, (_, completion) in enumerate(batch):
+                    c = len(completion)
+                    rows = logp[row, keep - c - 1: keep - 1]  # position t predicts completion token t
+                    target = torch.tensor(completion, device=rows.device)
+                    out.append(tuple(rows.gather(1, target[:, None]).squeeze(1).tolist()))
+        finally:
+            model.train(was_training)
+        self.calls += 1
+        return out
+
+    @torch.inference_mode()
     def _generate_batch(self, batch: Sequence[GenerationRequest]) -> list[Generation]:
         from transformers import GenerationConfig
 

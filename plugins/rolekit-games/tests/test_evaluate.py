@@ -146,10 +146,17 @@ def test_bad_names_are_one_line_errors(kernel, kwargs, match):
 
 @pytest.mark.slow
 def test_untrained_embedded_model_exploitability(kernel):
-    """The figure BENCHMARKS.md records for the untrained SmolLM2-135M-Instruct (terse, exact)."""
+    """The untrained SmolLM2-135M-Instruct (terse, exact) plays without looking at its card.
+
+    Its exploitability (recorded in BENCHMARKS.md) is far from Nash, and its action
+    probabilities barely differ between J, Q and K at the same history.
+    """
     game = KuhnPoker()
     policy = evaluate.load_policy(kernel, game, "smollm2-135m-instruct")
     out = evaluate.strategy(game, policy)
-    assert out["exploitability"] == pytest.approx(0.459, abs=0.01)
+    assert 0.2 < out["exploitability"] < 1.0
     assert all(d["check"] > 0.9 for k, d in out["infosets"].items() if k[1:] in ("", "p"))  # it nearly always checks
+    for history in ("", "p", "b", "pb"):
+        aggressive = [max(out["infosets"][card + history].get(a, 0.0) for a in ("bet", "call")) for card in "JQK"]
+        assert max(aggressive) - min(aggressive) < 0.1, (history, aggressive)
     assert all(0 < p < 1 for p in out["legal_answer_probability"].values())
