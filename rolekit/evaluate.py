@@ -143,50 +143,13 @@ def completion_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[int
     """log p(completion | prompt) for each (prompt ids, completion ids), by teacher forcing.
 
     With ``stop_ids``, the answer must also end there: log p(any of ``stop_ids`` | prompt
-    + completion) is added (the backend stops at any end-of-turn token). Exact, at
-    ``temperature`` (the policy the sampler draws from: softmax(logits / T)); fp32 softmax.
-
-    Batches are left-padded with explicit position ids (so padding changes nothing), and
-    only the logits of the last positions (the completions') are computed.
+    + completion) is added (the backend stops at any of them). Exact, at ``temperature``
+    (the policy the sampler draws from: softmax(logits / T)).
     """
-    import torch
+    from rolekit.backends.hf import teacher_forced
 
-    device = next(model.parameters()).device
-    out: list[float] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start:start + batch_size]
-            if any(len(p) == 0 for p, _ in batch):
-                raise ValueError("a prompt needs at least one token")
-            seqs = [tuple(p) + tuple(c) for p, c in batch]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T), left-padded
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for row, seq in enumerate(seqs):
-                ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-                mask[row, width - len(seq):] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-            keep = max(len(c) for _, c in batch) + 1  # positions that predict a completion token or the stop
-            inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
-            with torch.inference_mode():
-                try:
-                    logits = model(**inputs, logits_to_keep=keep).logits[:, -keep:]  # (B, keep, V)
-                except TypeError:  # a model without logits_to_keep
-                    logits = model(**inputs).logits[:, -keep:]
-            for row, (_, completion) in enumerate(batch):
-                c = len(completion)
-                # The last c + 1 positions of the row: logits at position t predict token t + 1.
-                logp = torch.log_softmax(logits[row, keep - c - 1:].float() / temperature, dim=-1)  # (c + 1, V)
-                target = torch.tensor(completion, dtype=torch.long, device=logp.device)
-                total = logp[torch.arange(c, device=logp.device), target].sum()
-                if stop_ids:
-                    total = total + torch.logsumexp(logp[c, list(stop_ids)], dim=-1)
-                out.append(float(total))
-    finally:
-        model.train(was_training)
-    return out
+    return [sum(values) for values in teacher_forced(model, pairs, pad_id=pad_id, temperature=temperature,
+                                                     batch_size=batch_size, stop_ids=stop_ids)]
 
 
 def exact_action_logprobs(model, chat, game, *, batch_size: int = 8,

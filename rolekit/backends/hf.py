@@ -61,6 +61,54 @@ def _neutral_overrides(model: Any, *, sampling: bool) -> dict[str, Any]:
     return out
 
 
+@torch.inference_mode()
+def teacher_forced(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int = 0,
+                   temperature: float = 1.0, batch_size: int = 8, stop_ids: Sequence[int] = ()
+                   ) -> list[tuple[float, ...]]:
+    """Per-token log pi(completion token | prompt, earlier ones) for each (prompt, completion) pair.
+
+    With ``stop_ids`` one more value ends each tuple: log p(any of ``stop_ids``) right after
+    the completion (the answer must end there). Softmax of logits / ``temperature`` in fp32.
+    Batches are left-padded with explicit position ids (padding changes nothing), and the
+    LM head runs only at the last positions (the completions').
+    """
+    device = next(model.parameters()).device
+    out: list[tuple[float, ...]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start:start + batch_size]
+            if any(len(p) == 0 for p, _ in batch):
+                raise ValueError("a prompt needs at least one token")
+            seqs = [tuple(p) + tuple(c) for p, c in batch]
+            width = max(len(q) for q in seqs)
+            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, L), left-padded
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for row, seq in enumerate(seqs):
+                ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+                mask[row, width - len(seq):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
+            keep = max(len(c) for _, c in batch) + 1  # positions predicting a completion token or the stop
+            inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
+            try:
+                logits = model(**inputs, logits_to_keep=keep).logits[:, -keep:]  # (B, keep, V)
+            except TypeError:  # a model without logits_to_keep
+                logits = model(**inputs).logits[:, -keep:]
+            for row, (_, completion) in enumerate(batch):
+                c = len(completion)
+                # the last c + 1 positions of the row: logits at position t predict token t + 1
+                logp = torch.log_softmax(logits[row, keep - c - 1:].float() / max(temperature, 1e-5), dim=-1)
+                target = torch.tensor(completion, dtype=torch.long, device=logp.device)
+                values = logp[torch.arange(c, device=logp.device), target].tolist()
+                if stop_ids:
+                    values.append(torch.logsumexp(logp[c, list(stop_ids)], dim=-1).item())
+                out.append(tuple(values))
+    finally:
+        model.train(was_training)
+    return out
+
+
 class HFBackend:
     """Generates with a transformers (or peft) causal LM on its own device.
 
@@ -133,44 +181,12 @@ class HFBackend:
                 results[todo[j]] = generation
         return results  # type: ignore[return-value]
 
-    @torch.inference_mode()
     def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, temperature: float = 1.0,
               batch_size: int | None = None) -> list[tuple[float, ...]]:
-        """Per-token log pi(completion | prompt) at ``temperature``, by teacher forcing.
-
-        One tuple per (prompt ids, completion ids) pair. Batches are left-padded with
-        explicit position ids, and the LM head runs only at the completion positions.
-        """
-        model = self.model
-        device = next(model.parameters()).device
-        size = batch_size or self.max_batch_size
-        out: list[tuple[float, ...]] = []
-        was_training = model.training
-        model.eval()
-        try:
-            for start in range(0, len(pairs), size):
-                batch = pairs[start:start + size]
-                seqs = [tuple(p) + tuple(c) for p, c in batch]
-                width = max(len(q) for q in seqs)
-                ids = torch.full((len(seqs), width), self.chat.pad_id, dtype=torch.long)  # (B, L) left-padded
-                mask = torch.zeros((len(seqs), width), dtype=torch.long)
-                for row, seq in enumerate(seqs):
-                    ids[row, width - len(seq):] = torch.tensor(seq)
-                    mask[row, width - len(seq):] = 1
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                keep = max(len(c) for _, c in batch) + 1
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                               position_ids=positions.to(device), logits_to_keep=keep).logits[:, -keep:]
-                logp = torch.log_softmax(logits.float() / max(temperature, 1e-5), dim=-1)  # (B, keep, V)
-                for row, (_, completion) in enumerate(batch):
-                    c = len(completion)
-                    rows = logp[row, keep - c - 1: keep - 1]  # position t predicts completion token t
-                    target = torch.tensor(completion, device=rows.device)
-                    out.append(tuple(rows.gather(1, target[:, None]).squeeze(1).tolist()))
-        finally:
-            model.train(was_training)
+        """Per-token log pi(completion | prompt) at ``temperature``, by teacher forcing."""
         self.calls += 1
-        return out
+        return teacher_forced(self.model, pairs, pad_id=self.chat.pad_id, temperature=temperature,
+                              batch_size=batch_size or self.max_batch_size)
 
     @torch.inference_mode()
     def _generate_batch(self, batch: Sequence[GenerationRequest]) -> list[Generation]:
