@@ -1,0 +1,165 @@
+"""Self-play rollout tokens/s for each game vs the raw backend's generate on the same work.
+
+For each game, ``episodes`` self-play episodes (the policy in every seat) are played
+through rolekit's Scheduler and ModelResponder on an HF backend. The backend calls the
+rollout made are recorded, then replayed straight into ``HFBackend.generate`` -- the
+same requests (prompt ids, token budgets), batched the same way, from the same RNG
+seed, so both produce the same tokens. The difference is what rolekit adds on top of
+generation: episode coroutines, chat templates and tokenisation, decoding, parsing,
+game logic. A third contender replays the same batches into ``model.generate`` without
+the logprobs the backend records, which measures the backend's own overhead.
+
+    python bench/rollout.py --quick
+    python bench/rollout.py                       # full: embedded model, 32 episodes a game
+    python bench/rollout.py --device cuda --model <HF dir>
+
+value = min over games of (rollout tokens/s) / (backend generate tokens/s); goal 0.9.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness import emit, median, options, ratio, say, setup, side_by_side
+
+GAMES = ("kuhn_poker", "tictactoe", "negotiation")
+GOAL = 0.9
+
+
+class Recorder:
+    """A backend that passes every call through and keeps the requests it saw."""
+
+    name = "recorder"
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls: list[list] = []
+        self.tokens = 0
+
+    def generate(self, requests):
+        self.calls.append(list(requests))
+        out = self.inner.generate(requests)
+        self.tokens += sum(len(g.completion_ids) for g in out)
+        return out
+
+    def sync(self, model=None):
+        self.inner.sync(model)
+
+
+def plain_generate(backend, requests) -> int:
+    """``model.generate`` on the backend's own batches, without logits or logprobs."""
+    from transformers import GenerationConfig
+
+    from rolekit.backends.hf import _neutral_overrides  # the backend's sampling settings: the same tokens
+
+    model, chat = backend.model, backend.chat
+    device = next(model.parameters()).device
+    tokens = 0
+    for batch in backend._batches(requests):
+        rows = [requests[i] for i in batch]
+        width = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), chat.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            ids[k, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            mask[k, width - len(r.prompt_ids):] = 1
+        first = rows[0]
+        greedy = first.temperature <= 0
+        sampling = {} if greedy else dict(temperature=first.temperature, top_p=first.top_p, top_k=first.top_k)
+        stops = chat.eos_ids | getattr(first, "stop_ids", frozenset())
+        config = GenerationConfig(**_neutral_overrides(model, sampling=not greedy), **sampling,
+                                  do_sample=not greedy, max_new_tokens=max(r.max_new_tokens for r in rows),
+                                  eos_token_id=sorted(stops), pad_token_id=chat.pad_id, use_cache=True)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        for k, r in enumerate(rows):
+            new = out[k, width:].tolist()[: r.max_new_tokens]
+            stop = next((j + 1 for j, t in enumerate(new) if t in stops), len(new))
+            tokens += stop
+    return tokens
+
+
+def main() -> None:
+    parser = options(__doc__.splitlines()[0])
+    parser.add_argument("--games", default=",".join(GAMES), help="comma-separated game names")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes per game and round")
+    parser.add_argument("--batch-size", type=int, default=64, help="concurrency and backend max batch size")
+    parser.add_argument("--no-plain", action="store_true", help="skip the model.generate contender")
+    args = parser.parse_args()
+    info = setup(args)
+    model_name = args.model or ("tiny-random" if args.quick else "smollm2-135m-instruct")
+    episodes = args.episodes or (16 if args.quick else 32)
+    repeats = args.repeats or 3
+
+    from rolekit.backends.hf import HFBackend
+    from rolekit.chat import ChatTokenizer
+    from rolekit.models import load_model
+    from rolekit.plugins import Kernel
+    from rolekit.rollout import make_game, specs
+    from rolekit.table import POLICY, ModelResponder, Scheduler
+
+    loaded = load_model(model_name, device=args.device)
+    chat = ChatTokenizer(loaded.tokenizer)
+    backend = HFBackend(loaded.model, chat, max_batch_size=args.batch_size)
+    kernel = Kernel()
+    per_game = {}
+    for name in args.games.split(","):
+        game = make_game(kernel, name)
+        recorder = Recorder(backend)
+        responder = ModelResponder(POLICY, recorder, chat, temperature=1.0)
+        seed = args.seed
+
+        def play() -> float:
+            recorder.calls.clear()
+            recorder.tokens = 0
+            torch.manual_seed(seed)
+            scheduler = Scheduler({POLICY: responder}, kernel=kernel, concurrency=args.batch_size)
+            played = list(scheduler.run(specs(game, episodes, seed, {})))
+            assert len(played) == episodes and all(e.ok for e in played), [e.error for e in played if e.error]
+            return recorder.tokens
+
+        play()  # warm-up; records the calls the replays make
+        calls = [list(c) for c in recorder.calls]
+        expected = recorder.tokens
+
+        produced: dict[str, set] = {"backend": set(), "model_generate": set()}  # token counts seen
+
+        def replay() -> float:
+            torch.manual_seed(seed)
+            n = sum(len(g.completion_ids) for c in calls for g in backend.generate(c))
+            produced["backend"].add(n)
+            return n
+
+        def plain() -> float:
+            torch.manual_seed(seed)
+            n = sum(plain_generate(backend, c) for c in calls)
+            produced["model_generate"].add(n)
+            return n
+
+        contenders = {"rollout": play, "backend": replay}
+        if not args.no_plain:
+            contenders["model_generate"] = plain
+        say(f"{name}: {episodes} episodes, {len(calls)} backend calls, {expected} tokens a round")
+        rates = side_by_side(contenders, repeats, device=args.device, log=say)
+        row = {
+            "episodes": episodes, "backend_calls": len(calls), "tokens": expected,
+            "same_tokens": {k: v == {expected} for k, v in produced.items() if v},
+            "mean_batch": sum(len(c) for c in calls) / len(calls),
+            "max_new_tokens": game.max_new_tokens,
+            "mean_prompt_tokens": sum(len(r.prompt_ids) for c in calls for r in c) / sum(len(c) for c in calls),
+            "rollout_tokens_per_s": median(rates["rollout"]), "backend_tokens_per_s": median(rates["backend"]),
+            "ratio": ratio(rates["rollout"], rates["backend"]),
+        }
+        if "model_generate" in rates:
+            row["model_generate_tokens_per_s"] = median(rates["model_generate"])
+            row["backend_vs_model_generate"] = ratio(rates["backend"], rates["model_generate"])
+        say(f"{name}: {row}")
+        per_game[name] = row
+    value = min(r["ratio"] for r in per_game.values())
+    emit("rollout", value, GOAL, "rollout tok/s / backend generate tok/s (min over games)",
+         model=model_name, batch_size=args.batch_size, repeats=repeats, quick=args.quick, games=per_game,
+         machine=info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""The same single-turn task trained by rolekit and by TRL's GRPOTrainer, step for step.
+
+Task: Kuhn Poker decision prompts (the 12 information sets, worded exactly as the
+``kuhn_poker`` game words them, free-form answers: no answer prefix) with a rule reward: 1 for the rule's move (bet or call
+with a King, check or call with a Queen, check or fold with a Jack), 0 for another legal
+move, -1 for an answer that names no legal move. Each step: 2 prompts x 8 completions
+of at most 32 tokens, temperature 1; GRPO advantages r - mean(r) (Dr. GRPO, no std
+scaling), PPO-clip at 0.2, no KL, loss summed over tokens / 32; LoRA r = 16 (alpha 32)
+on every projection; AdamW, lr 1e-5; fp32, no gradient checkpointing.
+
+* rolekit: ``rolekit.engine.Trainer`` on a one-seat game asking 8 answers per prompt.
+* TRL: ``GRPOTrainer`` (trl pinned in the ``bench`` extra) with ``use_vllm=False``,
+  ``loss_type="dr_grpo"``, ``scale_rewards="none"``, ``bf16=False``,
+  ``gradient_checkpointing=False`` (TRL's defaults turn both on; ``--trl-defaults``
+  keeps them), 16 completions per step (``per_device_train_batch_size=16``,
+  ``num_generations=8``, one generation per optimizer step), and ``use_cpu=True`` on CPU.
+
+The two run in one process, interleaved: a TRL callback runs one rolekit step after
+every TRL step. Step time is measured inside each framework: rolekit's own per-step
+``seconds`` (rollout, learning, weight sync) and, for TRL, the time from
+``on_step_begin`` to ``on_step_end`` (generation, reward, loss, backward, optimizer).
+The first step of each is a warm-up and is not counted.
+
+    pip install -e ".[bench]"
+    python bench/vs_trl.py --quick
+    python bench/vs_trl.py                        # full: embedded model, 8 steps each
+
+value = rolekit completions/s / TRL completions/s; goal 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+
+from harness import emit, median, options, say, setup, sync
+
+GOAL = 3.0
+PROMPTS_PER_STEP, GENERATIONS, MAX_TOKENS, LR = 2, 8, 32, 1e-5
+RULE = {"K": ("bet", "call"), "Q": ("check", "call"), "J": ("check", "fold")}
+
+
+def decision_prompts() -> list[tuple[str, list[dict[str, str]], tuple[str, ...]]]:
+    """(information set, chat messages, legal moves) for Kuhn Poker's 12 information sets,
+    as the ``kuhn_poker`` game asks them (rules as the system message)."""
+    from rolekit_games.kuhn import KuhnPoker
+
+    game = KuhnPoker()
+    out = []
+    for key, (state, role) in game.information_sets().items():
+        messages = game.messages(state, role) if hasattr(game, "messages") else \
+            [{"role": "user", "content": game.prompt(state, role)}]
+        out.append((key, messages, tuple(game.legal_actions(state))))
+    return out
+
+
+def rule_reward(key: str, legal: tuple[str, ...], text: str) -> float:
+    """1 for the rule's move, 0 for another legal move, -1 for no legal move."""
+    from rolekit.answers import extract_answer, normalize
+
+    answer = extract_answer(text)
+    move = next((a for a in legal if answer is not None and normalize(a) == normalize(answer)), None)
+    if move is None:
+        return -1.0
+    return 1.0 if move in RULE[key[0]] else 0.0
+
+
+# --- rolekit: a one-seat game ------------------------------------------------------------
+
+
+def rolekit_plugin(prompts):
+    from rolekit.game import Game
+    from rolekit.hookspecs import hookimpl
+    from rolekit.types import Role
+
+    class KuhnDecision(Game):
+        name = "kuhn_decision"
+        description = "One Kuhn Poker decision, several answers, a rule reward."
+        roles = (Role("player"),)
+
+        async def play(self, table):
+            key, prompt, legal = table.rng.choice(prompts)
+            turns = await table.ask("player", prompt, n=GENERATIONS, max_new_tokens=MAX_TOKENS)
+            for turn in turns:
+                table.reward(turn, rule_reward(key, legal, turn.text))
+
+    return types.SimpleNamespace(rolekit_register_games=hookimpl(lambda registry: registry.add(KuhnDecision)))
+
+
+def rolekit_trainer(model: str, device: str, steps: int, out: Path, seed: int):
+    from rolekit.config import from_dict
+    from rolekit.engine import Trainer
+    from rolekit.plugins import Kernel
+
+    config = from_dict({
+        "seed": seed,
+        "model": {"name": model, "device": device},
+        "lora": {"enabled": True, "r": 16, "alpha": 32},
+        "rollout": {"samples_per_step": PROMPTS_PER_STEP * GENERATIONS, "concurrency": PROMPTS_PER_STEP,
+                    "batch_size": PROMPTS_PER_STEP * GENERATIONS, "max_new_tokens": MAX_TOKENS,
+                    "temperature": 1.0},
+        "algorithm": {"steps": steps, "lr": LR, "advantage": "grpo", "advantage_options": {"drop_zero": False},
+                      "aggregation": "constant", "clip_eps": 0.2},
+        "eval": {"every": 0},
+        "checkpoint": {"every": 0, "keep": 1},
+        "logging": {"quiet": True, "episodes_per_step": 0},
+        "curriculum": [{"game": "kuhn_decision"}],
+    })
+    kernel = Kernel([rolekit_plugin(decision_prompts())], load_entrypoints=False)
+    return Trainer(config, out, kernel=kernel, quiet=True)
+
+
+def rolekit_one_step(trainer) -> dict:
+    """Run ``Trainer.run`` for exactly one more step (its loop runs to ``algorithm.steps``)."""
+    import attrs
+
+    config = trainer.config
+    trainer.config = attrs.evolve(config, algorithm=attrs.evolve(config.algorithm, steps=trainer.step + 1))
+    with contextlib.redirect_stdout(sys.stderr):  # its log line; stdout ends with the JSON line alone
+        [metrics] = trainer.run()
+    return metrics
+
+
+class Stopwatch:
+    """Total seconds spent in some methods (wrapped on the instance), for a per-step breakdown."""
+
+    def __init__(self, device: str):
+        self.device, self.seconds, self.lapped = device, 0.0, 0.0
+
+    def wrap(self, obj, name: str) -> None:
+        fn = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            sync(self.device)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sync(self.device)
+                self.seconds += time.perf_counter() - start
+
+        setattr(obj, name, timed)
+
+    def lap(self) -> float:
+        """Seconds spent in the wrapped methods since the previous lap."""
+        seconds, self.lapped = self.seconds - self.lapped, self.seconds
+        return seconds
+
+
+# --- TRL ---------------------------------------------------------------------------------
+
+
+def trl_trainer(model_name: str, device: str, steps: int, out: Path, seed: int, defaults: bool, callback):
+    import datasets
+    import peft
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rolekit.config import LoraConfig
+    from rolekit.models import load_model
+
+    prompts = decision_prompts()
+    rows = [prompts[i % len(prompts)] for i in range(steps * PROMPTS_PER_STEP * 4)]
+    dataset = datasets.Dataset.from_list([{"prompt": messages, "key": key, "legal": list(legal)}
+                                          for key, messages, legal in rows])
+
+    def kuhn_rule(completions, key, legal, **kwargs):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [rule_reward(k, tuple(lg), t) for k, lg, t in zip(key, legal, texts)]
+
+    loaded = load_model(model_name, device=device)
+    lora = LoraConfig()
+    extra = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
+    args = GRPOConfig(
+        output_dir=str(out), max_steps=steps, seed=seed, learning_rate=LR, lr_scheduler_type="constant",
+        per_device_train_batch_size=PROMPTS_PER_STEP * GENERATIONS, gradient_accumulation_steps=1,
+        num_generations=GENERATIONS, max_completion_length=MAX_TOKENS, temperature=1.0, top_p=1.0, top_k=0,
+        beta=0.0, epsilon=0.2, loss_type="dr_grpo", scale_rewards="none", num_iterations=1,
+        use_vllm=False, use_cpu=not device.startswith("cuda"), logging_steps=1, save_strategy="no",
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0, **extra,
+    )
+    return GRPOTrainer(
+        model=loaded.model, reward_funcs=kuhn_rule, args=args, train_dataset=dataset,
+        processing_class=loaded.tokenizer, callbacks=[callback],
+        peft_config=peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0,
+                                    target_modules=list(lora.target_modules), task_type="CAUSAL_LM"),
+    )
+
+
+def main() -> None:
+    parser = options(__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=None, help="steps of each, warm-up included")
+    parser.add_argument("--trl-defaults", action="store_true",
+                        help="keep TRL's defaults bf16=True and gradient_checkpointing=True")
+    args = parser.parse_args()
+    info = setup(args)
+    model_name = args.model or ("tiny-random" if args.quick else "smollm2-135m-instruct")
+    steps = args.steps or (3 if args.quick else 8)
+
+    import transformers
+    import trl
+
+    out = Path(tempfile.mkdtemp(prefix="rolekit-vs-trl-"))
+    rk = rolekit_trainer(model_name, args.device, steps, out / "rolekit", args.seed)
+    rk_generate, rk_learn, trl_generate = Stopwatch(args.device), Stopwatch(args.device), Stopwatch(args.device)
+    rk_generate.wrap(rk.policy.backend, "generate")
+    rk_learn.wrap(rk.learner, "step")
+    rk_steps: list[dict] = []
+    trl_seconds: list[float] = []
+    trl_rewards: list[float] = []
+    split: dict[str, list[float]] = {"rolekit_generate": [], "rolekit_learn": [], "trl_generate": []}
+
+    class Interleave(transformers.TrainerCallback):
+        """Times each TRL step, then runs one rolekit step."""
+
+        def on_step_begin(self, targs, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, targs, state, control, **kw):
+            trl_seconds.append(time.perf_counter() - self.start)
+            split["trl_generate"].append(trl_generate.lap())
+            say(f"TRL step {state.global_step}: {trl_seconds[-1]:.2f} s ({split['trl_generate'][-1]:.2f} s generating)")
+            m = rolekit_one_step(rk)
+            rk_steps.append(m)
+            split["rolekit_generate"].append(rk_generate.lap())
+            split["rolekit_learn"].append(rk_learn.lap())
+            say(f"rolekit step {m['step']}: {m['seconds']:.2f} s ({split['rolekit_generate'][-1]:.2f} s generating, "
+                f"{split['rolekit_learn'][-1]:.2f} s learning)")
+
+        def on_log(self, targs, state, control, logs=None, **kw):
+            if logs and "reward" in logs:
+                trl_rewards.append(logs["reward"])
+
+    trainer = trl_trainer(model_name, args.device, steps, out / "trl", args.seed, args.trl_defaults, Interleave())
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # it prints every log dict
+    trl_generate.wrap(trainer.model, "generate")  # TRL calls the (peft) model's generate
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.train()
+
+    completions = PROMPTS_PER_STEP * GENERATIONS
+    rk_seconds = [m["seconds"] for m in rk_steps][1:]
+    trl_timed = trl_seconds[1:]
+    ratios = [t / r for r, t in zip(rk_seconds, trl_timed)]  # (16/r) / (16/t), step by step
+    # an episode's return is the sum of its 8 answers' rewards
+    rk_rewards = [m["roles"]["kuhn_decision/player"]["mean_return"] / GENERATIONS for m in rk_steps]
+    emit("vs_trl", statistics.median(ratios), GOAL, "rolekit completions/s / TRL completions/s",
+         model=model_name, steps=steps, timed_steps=len(ratios), completions_per_step=completions,
+         rolekit={"seconds_per_step": median(rk_seconds), "completions_per_s": completions / median(rk_seconds),
+                  "generate_seconds": median(split["rolekit_generate"][1:]),
+                  "learn_seconds": median(split["rolekit_learn"][1:]),
+                  "samples": [m["samples"] for m in rk_steps], "mean_reward": rk_rewards},
+         trl={"version": trl.__version__, "seconds_per_step": median(trl_timed),
+              "completions_per_s": completions / median(trl_timed),
+              "generate_seconds": median(split["trl_generate"][1:]),
+              "rest_seconds": median([t - g for t, g in zip(trl_timed, split["trl_generate"][1:])]),
+              "mean_reward": trl_rewards,
+              "bf16_and_gradient_checkpointing": args.trl_defaults},
+         step_ratios=ratios, quick=args.quick, machine=info)
+
+
+if __name__ == "__main__":
+    main()
