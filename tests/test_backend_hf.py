@@ -253,3 +253,23 @@ def test_a_template_that_rewrites_history_is_refused(chat):
     )
     with pytest.raises(ValueError, match="prefix"):
         ChatTokenizer(tokenizer).continue_ids([1, 2], "length", "next")
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_score_shares_prompts_and_matches_one_full_pass_per_pair(lm, chat, batch_size):
+    """Shared-prompt scoring (prompt pass + cached completions) equals an unpadded full pass."""
+    from rolekit.backends.hf import teacher_forced
+
+    prompts = [chat.encode(p) for p in PROMPTS[:3]]
+    completions = [chat.text_ids(t) for t in ("Paris", "bet]", "a much longer continuation here", "x")]
+    pairs = [(p, c) for p in prompts for c in completions] + [(prompts[1], [])]
+    pairs = pairs[5:] + pairs[:5]  # prompts interleaved, not grouped
+    stop = [chat.text_ids("]")[0], *sorted(chat.eos_ids)]
+    got = teacher_forced(lm.model, pairs, pad_id=chat.pad_id, temperature=0.7, batch_size=batch_size, stop_ids=stop)
+    assert len(got) == len(pairs)
+    for (p, c), values in zip(pairs, got):
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(torch.tensor([list(p) + list(c)])).logits[0].float() / 0.7, -1)
+        expected = [logp[len(p) - 1 + j, t].item() for j, t in enumerate(c)]
+        expected.append(torch.logsumexp(logp[len(p) + len(c) - 1, stop], -1).item())
+        assert values == pytest.approx(expected, abs=1e-4)

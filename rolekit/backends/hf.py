@@ -61,6 +61,18 @@ def _neutral_overrides(model: Any, *, sampling: bool) -> dict[str, Any]:
     return out
 
 
+def _cache_kwarg() -> str:
+    """The forward() keyword for a KV cache: ``cache`` since transformers 5.x, ``past_key_values`` before."""
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+_CACHE_KWARG = _cache_kwarg()
+
+
 @torch.inference_mode()
 def teacher_forced(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int = 0,
                    temperature: float = 1.0, batch_size: int = 8, stop_ids: Sequence[int] = ()
@@ -69,43 +81,75 @@ def teacher_forced(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int
 
     With ``stop_ids`` one more value ends each tuple: log p(any of ``stop_ids``) right after
     the completion (the answer must end there). Softmax of logits / ``temperature`` in fp32.
-    Batches are left-padded with explicit position ids (padding changes nothing), and the
-    LM head runs only at the last positions (the completions').
+
+    Pairs that share a prompt share its forward pass: each distinct prompt runs once
+    (left-padded, ``batch_size`` prompts at a time, explicit position ids, so padding
+    changes nothing) and fills a KV cache; then every completion of those prompts runs
+    against its prompt's cache rows. Scoring k legal answers of one decision (constrained
+    choice) costs one prompt pass plus k short ones instead of k full passes.
     """
     device = next(model.parameters()).device
-    out: list[tuple[float, ...]] = []
+    if any(len(p) == 0 for p, _ in pairs):
+        raise ValueError("a prompt needs at least one token")
+    prompts = list(dict.fromkeys(tuple(p) for p, _ in pairs))  # distinct, in first-seen order
+    by_prompt: dict[tuple[int, ...], list[int]] = {p: [] for p in prompts}
+    for i, (p, _) in enumerate(pairs):
+        by_prompt[tuple(p)].append(i)
+    out: list[tuple[float, ...] | None] = [None] * len(pairs)
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start:start + batch_size]
-            if any(len(p) == 0 for p, _ in batch):
-                raise ValueError("a prompt needs at least one token")
-            seqs = [tuple(p) + tuple(c) for p, c in batch]
-            width = max(len(q) for q in seqs)
-            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, L), left-padded
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for row, seq in enumerate(seqs):
-                ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-                mask[row, width - len(seq):] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
-            keep = max(len(c) for _, c in batch) + 1  # positions predicting a completion token or the stop
-            inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
-            try:
-                logits = model(**inputs, logits_to_keep=keep).logits[:, -keep:]  # (B, keep, V)
-            except TypeError:  # a model without logits_to_keep
-                logits = model(**inputs).logits[:, -keep:]
-            for row, (_, completion) in enumerate(batch):
-                c = len(completion)
-                # the last c + 1 positions of the row: logits at position t predict token t + 1
-                logp = torch.log_softmax(logits[row, keep - c - 1:].float() / max(temperature, 1e-5), dim=-1)
-                target = torch.tensor(completion, dtype=torch.long, device=logp.device)
-                values = logp[torch.arange(c, device=logp.device), target].tolist()
-                if stop_ids:
-                    values.append(torch.logsumexp(logp[c, list(stop_ids)], dim=-1).item())
-                out.append(tuple(values))
+        for start in range(0, len(prompts), batch_size):
+            group = prompts[start:start + batch_size]
+            rows = [(g, i) for g, p in enumerate(group) for i in by_prompt[p]]  # (prompt row, pair index)
+            for (g, i), values in zip(rows, _score_group(model, group, [(g, pairs[i][1]) for g, i in rows],
+                                                         pad_id=pad_id, temperature=temperature,
+                                                         stop_ids=stop_ids, device=device)):
+                out[i] = values
     finally:
         model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def _score_group(model: Any, prompts: Sequence[tuple[int, ...]], items: Sequence[tuple[int, Sequence[int]]], *,
+                 pad_id: int, temperature: float, stop_ids: Sequence[int], device: Any) -> list[tuple[float, ...]]:
+    """Score ``items`` = (prompt row, completion) against one batch of distinct ``prompts``."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (P, W), left-padded
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    longest = max(len(c) for _, c in items)
+    first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                  use_cache=longest > 0, logits_to_keep=1)
+    first_logits = first.logits[:, -1]  # (P, V): predicts each completion's first token
+    later = None  # (N, C, V): position j predicts completion token j + 1 (and the stop after the last)
+    if longest > 0:
+        index = torch.tensor([g for g, _ in items], dtype=torch.long, device=device)
+        cache = getattr(first, "cache", None) or first.past_key_values
+        cache.reorder_cache(index)  # one cache row per item
+        comp = torch.full((len(items), longest), pad_id, dtype=torch.long)  # (N, C), right-padded
+        comp_mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for row, (_, c) in enumerate(items):
+            comp[row, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+            comp_mask[row, :len(c)] = 1
+        lengths = mask.sum(-1)[index.cpu()]  # (N,) prompt lengths
+        comp_positions = lengths[:, None] + torch.arange(longest)[None, :]
+        later = model(input_ids=comp.to(device), attention_mask=torch.cat([mask[index.cpu()], comp_mask], 1).to(device),
+                      position_ids=comp_positions.to(device), use_cache=True, **{_CACHE_KWARG: cache}).logits
+    out = []
+    scale = max(temperature, 1e-5)
+    for row, (g, completion) in enumerate(items):
+        c = len(completion)
+        logits = first_logits[g:g + 1] if later is None else torch.cat([first_logits[g:g + 1], later[row, :c]])
+        logp = torch.log_softmax(logits.float() / scale, dim=-1)  # (c + 1, V)
+        target = torch.tensor(list(completion), dtype=torch.long, device=logp.device)
+        values = logp[torch.arange(c, device=logp.device), target].tolist()
+        if stop_ids:
+            values.append(torch.logsumexp(logp[c, list(stop_ids)], dim=-1).item())
+        out.append(tuple(values))
     return out
 
 
