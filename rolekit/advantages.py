@@ -51,25 +51,43 @@ class RAE:
     Per (game, role) an EMA baseline b, starting at 0. For each finished episode:
     A = R_p - b (b read *before* the update), then b <- decay * b + (1 - decay) * R_p.
     With gamma = 1 every policy turn of p gets A; zero-advantage turns are dropped.
+
+    ``key="prompt"`` refines the baseline to one EMA per (game, role, exact prompt) -- a
+    tabular state-value baseline, read before its update like the role one. A prompt seen
+    for the first time starts from its role's baseline. In small games whose prompts repeat
+    (Kuhn Poker has 12 information sets) it removes the luck of the deal from the advantage,
+    leaving the part the action caused; where prompts never repeat it equals ``key="role"``.
     """
 
-    def __init__(self, decay: float = 0.95, drop_zero: bool = True):
+    KEYS = ("role", "prompt")
+
+    def __init__(self, decay: float = 0.95, drop_zero: bool = True, key: str = "role"):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"rae decay must be in [0, 1), got {decay}")
-        self.decay, self.drop_zero = decay, drop_zero
+        if key not in self.KEYS:
+            raise ValueError(f"rae key must be one of {self.KEYS}, got {key!r}")
+        self.decay, self.drop_zero, self.key = decay, drop_zero, key
         self.baselines: dict[str, float] = {}
+
+    def _advantage(self, key: str, ret: float, default: float) -> float:
+        """A = ret - b(key) with b read before its EMA update."""
+        b = self.baselines.get(key, default)
+        self.baselines[key] = self.decay * b + (1.0 - self.decay) * ret
+        return ret - b
 
     def samples(self, items: Iterable[RoleEpisode]) -> list[Sample]:
         out = []
         for episode, role in items:
-            key = f"{episode.game}/{role}"
+            role_key = f"{episode.game}/{role}"
             ret = episode.returns[role]
-            b = self.baselines.get(key, 0.0)
-            advantage = ret - b  # baseline before update
-            self.baselines[key] = self.decay * b + (1.0 - self.decay) * ret
-            if advantage == 0.0 and self.drop_zero:
-                continue
-            out += [_sample(episode, t, advantage, ret) for t in policy_turns(episode, role)]
+            role_b = self.baselines.get(role_key, 0.0)
+            advantage = self._advantage(role_key, ret, 0.0)
+            for t in policy_turns(episode, role):
+                if self.key == "prompt":
+                    prompt_key = f"{role_key}/{hash(tuple(t.prompt_ids)):x}"
+                    advantage = self._advantage(prompt_key, ret, role_b)
+                if advantage != 0.0 or not self.drop_zero:
+                    out.append(_sample(episode, t, advantage, ret))
         return out
 
     def state_dict(self) -> dict:

@@ -60,6 +60,7 @@ class RolloutConfig:
 @attrs.frozen
 class AlgorithmConfig:
     steps: int = attrs.field(default=100, validator=_positive)
+    max_minutes: float | None = None  # wall-clock budget of one invocation: stop (evaluate, save) after the step that crosses it
     lr: float = attrs.field(default=1e-4, validator=_positive)  # AdamW learning rate
     weight_decay: float = 0.0
     ppo_epochs: int = attrs.field(default=1, validator=_positive)  # passes over each rollout batch

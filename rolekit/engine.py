@@ -232,8 +232,11 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.toml").write_text(to_toml(cfg))
         history = []
+        budget = cfg.algorithm.max_minutes
+        deadline = None if budget is None else time.perf_counter() + 60.0 * budget
+        last = False
         with self._display() as show:
-            while self.step < cfg.algorithm.steps:
+            while self.step < cfg.algorithm.steps and not last:
                 start = time.perf_counter()
                 tokens_before = self.policy.backend.tokens_generated
 
@@ -249,6 +252,7 @@ class Trainer:
                 self._check_finite(learned)
                 self.policy.backend.sync()
                 self.step += 1
+                last = self.step == cfg.algorithm.steps or (deadline is not None and time.perf_counter() >= deadline)
 
                 # --- snapshots, metrics, evaluation, checkpoint ----------------------------
                 if self.step % cfg.snapshots.every == 0:
@@ -258,7 +262,7 @@ class Trainer:
                 metrics = self._metrics(episodes, batch, learned, seconds,
                                         self.policy.backend.tokens_generated - tokens_before)
                 metrics["timing"] = {k: round(v, 3) for k, v in timing.items()}
-                if cfg.eval.every and (self.step % cfg.eval.every == 0 or self.step == cfg.algorithm.steps):
+                if cfg.eval.every and (self.step % cfg.eval.every == 0 or last):
                     eval_start = time.perf_counter()
                     metrics["eval"] = self.evaluate()
                     metrics["timing"]["eval"] = round(time.perf_counter() - eval_start, 3)
@@ -266,8 +270,7 @@ class Trainer:
                 self._write(metrics, episodes, batch)
                 if self.tensorboard is not None:
                     self.tensorboard.log(metrics)
-                if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or \
-                        self.step == cfg.algorithm.steps:
+                if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or last:
                     self.save()
                     report.refresh(self.out)  # RUN_DIR/report.html; a failure is only a warning
                 history.append(metrics)
@@ -386,6 +389,8 @@ class Trainer:
             row.update(learned.get("by_role", {}).get(key, {}))
         for est in self.estimators.values():
             for key, b in est.state_dict().get("baselines", {}).items():
+                if key.count("/") != 1:
+                    continue  # finer baselines (rae key="prompt"): too many to log
                 by_role.setdefault(key, {})["baseline"] = b
         return {
             "step": self.step, "episodes": len(episodes), "quarantined": sum(not e.ok for e in episodes),

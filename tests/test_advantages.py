@@ -4,9 +4,9 @@ from rolekit.advantages import GRPO, RAE, Raw, RoleNorm, turn_reward
 from rolekit.types import Episode, Turn
 
 
-def turn(i, role, ask=None, responder="policy"):
+def turn(i, role, ask=None, responder="policy", prompt=(1, 2)):
     return Turn(id=i, ask=i if ask is None else ask, role=role, game="g", text="", prompt="",
-                prompt_ids=(1, 2), completion_ids=(3,), logprobs=(-0.5,), responder=responder)
+                prompt_ids=prompt, completion_ids=(3,), logprobs=(-0.5,), responder=responder)
 
 
 def episode(returns, turns, rewards=None):
@@ -74,3 +74,22 @@ def test_raw_and_turn_reward_include_the_terminal_return():
     # turn rewards sum to -0.5; the terminal part is 2.0, given to every turn
     assert turn_reward(ep, ep.turns[0]) == 1.5 and turn_reward(ep, ep.turns[1]) == 2.0
     assert [s.advantage for s in Raw().samples([(ep, "p0")])] == [1.5, 2.0]
+
+
+def test_rae_prompt_key_keeps_one_baseline_per_prompt_read_before_update():
+    rae = RAE(decay=0.5, key="prompt")
+    a, b = turn(0, "p0", prompt=(1, 2)), turn(0, "p0", prompt=(3,))
+    # First episode: both prompts start from the role baseline 0.
+    assert [s.advantage for s in rae.samples([(episode({"p0": 2.0}, [a]), "p0")])] == [2.0]
+    # b(role) = 1.0, b(prompt a) = 1.0. Prompt b is new: it starts from the role baseline 1.0.
+    assert [s.advantage for s in rae.samples([(episode({"p0": -1.0}, [b]), "p0")])] == [-2.0]
+    # Prompt a again: its own baseline 1.0 (not the role's, now 0.0).
+    assert [s.advantage for s in rae.samples([(episode({"p0": 3.0}, [a]), "p0")])] == [2.0]
+    role_b = [v for k, v in rae.baselines.items() if k == "g/p0"]
+    assert role_b == [pytest.approx(1.5)]  # 0 -> 1.0 -> 0.0 -> 1.5
+    assert len(rae.baselines) == 3
+
+
+def test_rae_rejects_an_unknown_key():
+    with pytest.raises(ValueError, match="rae key"):
+        RAE(key="infoset")
