@@ -8,30 +8,40 @@ from typing import Any, Sequence
 
 import torch
 
+from rolekit.backends.hf import CACHE_KWARG
 from rolekit.losses import kl_estimate, ppo_clip, token_weights
 from rolekit.types import Sample
 
 
 def micro_batches(samples: Sequence[Sample], max_tokens: int) -> list[list[int]]:
-    """Indices of ``samples`` in length-sorted buckets of at most ``max_tokens`` padded tokens.
+    """Indices of ``samples`` in buckets of at most ``max_tokens`` computed tokens.
 
-    Sorting by length keeps padding small; a single sample longer than the budget gets a
+    A bucket computes each distinct prompt once (padded to its longest prompt) and each
+    completion once (padded to its longest completion): see ``bucket_cost``. Samples are
+    ordered by prompt length, then prompt, then completion length, so samples sharing a
+    prompt land together and padding stays small; a single sample over the budget gets a
     bucket of its own.
     """
-    order = sorted(range(len(samples)), key=lambda i: samples[i].num_tokens)
+    order = sorted(range(len(samples)), key=lambda i: (len(samples[i].prompt_ids), samples[i].prompt_ids,
+                                                       len(samples[i].completion_ids)))
     buckets: list[list[int]] = []
     current: list[int] = []
-    longest = 0
     for i in order:
-        n = samples[i].num_tokens
-        if current and max(longest, n) * (len(current) + 1) > max_tokens:
+        if current and bucket_cost([samples[j] for j in current + [i]])[1] > max_tokens:
             buckets.append(current)
-            current, longest = [], 0
+            current = []
         current.append(i)
-        longest = max(longest, n)
     if current:
         buckets.append(current)
     return buckets
+
+
+def bucket_cost(batch: Sequence[Sample]) -> tuple[int, int]:
+    """(real, padded) tokens one micro-batch computes: distinct prompts + completions."""
+    prompts = {tuple(s.prompt_ids) for s in batch}
+    real = sum(len(p) for p in prompts) + sum(len(s.completion_ids) for s in batch)
+    padded = len(prompts) * max(len(p) for p in prompts) + len(batch) * max(len(s.completion_ids) for s in batch)
+    return real, padded
 
 
 def split_model(model: Any) -> tuple[Any, Any]:
@@ -48,31 +58,51 @@ def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_e
     """Teacher-forced log pi(token) of each sample's completion, at the sample's temperature.
 
     Returns (logprobs (B, T), mask (B, T), entropy (B, T) or None), T = longest completion.
-    Sequences are right-padded; positions after a sequence's end are masked out.
+
+    Samples that share a prompt share its forward pass: each distinct prompt runs once
+    (left-padded, explicit position ids) into a KV cache, and each completion runs against
+    its prompt's cache rows. Gradients flow back through the cache into the prompt pass,
+    so values and gradients equal one full pass per sample (tested) -- at the cost of the
+    distinct prompts instead of all of them (Kuhn Poker has 12 information sets; GRPO's n
+    samples of one ask share one prompt).
     """
     decoder, head = split_model(model)
-    lengths = [s.num_tokens for s in samples]
-    width = max(lengths)
-    pad = 0
-    ids = torch.full((len(samples), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(samples), width), dtype=torch.long)
-    for b, s in enumerate(samples):
-        seq = s.prompt_ids + s.completion_ids
-        ids[b, : len(seq)] = torch.tensor(seq)
-        attention[b, : len(seq)] = 1
-    hidden = decoder(input_ids=ids.to(device), attention_mask=attention.to(device)).last_hidden_state  # (B, L, H)
+    prompts = list(dict.fromkeys(tuple(s.prompt_ids) for s in samples))
+    row_of = {p: r for r, p in enumerate(prompts)}
+    index = torch.tensor([row_of[tuple(s.prompt_ids)] for s in samples], device=device)  # (B,)
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)  # (P, W), left-padded
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p)
+        attention[r, width - len(p):] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
     t_max = max(len(s.completion_ids) for s in samples)
-    rows, cols, targets, valid = [], [], [], []
-    for b, s in enumerate(samples):
-        p, c = len(s.prompt_ids), len(s.completion_ids)
-        for t in range(t_max):
-            k = min(t, c - 1)  # padded positions repeat the last real one; masked below
-            rows.append(b)
-            cols.append(p - 1 + k)  # the hidden state *before* completion token k predicts it
-            targets.append(s.completion_ids[k])
-            valid.append(t < c)
-    index_r, index_c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
-    logits = head(hidden[index_r, index_c]).float()  # (B*T, V)
+    first = decoder(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+                    use_cache=t_max > 1)
+    # the hidden state *before* completion token k predicts it: the prompt's last for k = 0 ...
+    hidden = first.last_hidden_state[:, -1][index][:, None]  # (B, 1, H)
+    if t_max > 1:  # ... and completion token k - 1's for k >= 1: run completions[:-1] against the cache
+        cache = getattr(first, "cache", None) or first.past_key_values
+        cache.reorder_cache(index)
+        rest = torch.zeros((len(samples), t_max - 1), dtype=torch.long)  # (B, T-1), right-padded
+        rest_mask = torch.zeros((len(samples), t_max - 1), dtype=torch.long)
+        for b, s in enumerate(samples):
+            c = s.completion_ids[:-1]
+            rest[b, : len(c)] = torch.tensor(c, dtype=torch.long)
+            rest_mask[b, : len(c)] = 1
+        lengths = attention.sum(-1).to(device)[index]  # (B,)
+        rest_positions = lengths[:, None] + torch.arange(t_max - 1, device=device)[None, :]
+        later = decoder(input_ids=rest.to(device), attention_mask=torch.cat([attention.to(device)[index],
+                        rest_mask.to(device)], 1), position_ids=rest_positions, use_cache=True,
+                        **{CACHE_KWARG: cache}).last_hidden_state  # (B, T-1, H)
+        hidden = torch.cat([hidden, later], 1)  # (B, T, H)
+    logits = head(hidden.reshape(-1, hidden.shape[-1])).float()  # (B*T, V)
+    targets, valid = [], []
+    for s in samples:
+        c = len(s.completion_ids)
+        targets += [s.completion_ids[min(t, c - 1)] for t in range(t_max)]  # padding repeats the last; masked
+        valid += [t < c for t in range(t_max)]
     temps = torch.tensor([max(s.temperature, 1e-5) if s.temperature > 0 else 1.0 for s in samples],
                          device=device).repeat_interleave(t_max)
     logits = logits / temps[:, None]
@@ -117,7 +147,8 @@ class Learner:
         buckets = micro_batches(samples, cfg.micro_batch_tokens)
         n_seq = len(samples)
         n_tok = sum(len(s.completion_ids) for s in samples)
-        padded = sum(len(b) * max(samples[i].num_tokens for i in b) for b in buckets)
+        costs = [bucket_cost([samples[i] for i in b]) for b in buckets]
+        computed, padded = sum(c[0] for c in costs), sum(c[1] for c in costs)
         real = sum(s.num_tokens for s in samples)
         old = {i: None for i in range(n_seq)}
         if cfg.recompute_logprobs:
@@ -169,8 +200,9 @@ class Learner:
         self.model.eval()
         metrics: dict[str, Any] = {
             "loss": totals["loss"], "grad_norm": totals["grad_norm"], "nonfinite": nonfinite,
-            "micro_batches": len(buckets), "padding_fraction": 1.0 - real / padded if padded else 0.0,
-            "trained_tokens": real * cfg.ppo_epochs,
+            "micro_batches": len(buckets), "padding_fraction": 1.0 - computed / padded if padded else 0.0,
+            "trained_tokens": real * cfg.ppo_epochs,  # prompt + completion tokens of the samples
+            "computed_tokens": computed * cfg.ppo_epochs,  # what the forward passes ran (shared prompts once)
         }
         metrics["by_role"] = {key: self._finish(stats) for key, stats in per_key.items()}
         return metrics

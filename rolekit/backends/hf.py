@@ -61,7 +61,7 @@ def _neutral_overrides(model: Any, *, sampling: bool) -> dict[str, Any]:
     return out
 
 
-def _cache_kwarg() -> str:
+def cache_kwarg() -> str:
     """The forward() keyword for a KV cache: ``cache`` since transformers 5.x, ``past_key_values`` before."""
     import inspect
 
@@ -70,7 +70,7 @@ def _cache_kwarg() -> str:
     return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
-_CACHE_KWARG = _cache_kwarg()
+CACHE_KWARG = cache_kwarg()
 
 
 @torch.inference_mode()
@@ -138,7 +138,7 @@ def _score_group(model: Any, prompts: Sequence[tuple[int, ...]], items: Sequence
         lengths = mask.sum(-1)[index.cpu()]  # (N,) prompt lengths
         comp_positions = lengths[:, None] + torch.arange(longest)[None, :]
         later = model(input_ids=comp.to(device), attention_mask=torch.cat([mask[index.cpu()], comp_mask], 1).to(device),
-                      position_ids=comp_positions.to(device), use_cache=True, **{_CACHE_KWARG: cache}).logits
+                      position_ids=comp_positions.to(device), use_cache=True, **{CACHE_KWARG: cache}).logits
     out = []
     scale = max(temperature, 1e-5)
     for row, (g, completion) in enumerate(items):

@@ -1,0 +1,82 @@
+"""The learner's forward pass: shared prompts, micro-batches, equality with full passes."""
+
+from __future__ import annotations
+
+import random
+
+import peft
+import pytest
+import torch
+
+from rolekit.learner import bucket_cost, completion_logprobs, micro_batches
+from rolekit.models import TINY, load_model
+from rolekit.types import Sample
+
+
+@pytest.fixture(scope="module")
+def model():
+    lm = load_model(TINY)
+    with torch.no_grad():
+        lm.model.get_input_embeddings().weight.mul_(5.0)  # peaked distributions: a comparison with teeth
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                             init_lora_weights=False)  # non-zero B: the adapter changes the outputs
+    return peft.get_peft_model(lm.model, config)
+
+
+def samples(n=9, seed=0):
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(5, 200) for _ in range(k)] for k in (7, 12, 3)]
+    out = []
+    for i in range(n):
+        c = [rng.randrange(5, 200) for _ in range(rng.choice([1, 2, 5]))]
+        out.append(Sample(game="g", role="r", prompt_ids=tuple(prompts[i % 3]), completion_ids=tuple(c),
+                          logprobs=tuple([-1.0] * len(c)), advantage=rng.uniform(-1, 1), temperature=0.8))
+    return out
+
+
+def full_pass(model, s):
+    """log pi of one sample's completion from one unpadded pass over prompt + completion."""
+    ids = torch.tensor([list(s.prompt_ids) + list(s.completion_ids)])
+    logits = model(input_ids=ids).logits[0].float() / s.temperature
+    logp = torch.log_softmax(logits[len(s.prompt_ids) - 1:-1], -1)
+    return logp[torch.arange(len(s.completion_ids)), torch.tensor(s.completion_ids)]
+
+
+def test_shared_prompt_pass_equals_one_full_pass_per_sample_values_and_gradients(model):
+    batch = samples()
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = [random.Random(i).uniform(0.5, 2) for i in range(len(batch))]
+
+    model.zero_grad()
+    logp, mask, _ = completion_logprobs(model, batch, "cpu")
+    (sum(w * logp[b][mask[b]].sum() for b, w in enumerate(weights))).backward()
+    shared = [p.grad.clone() for p in params]
+
+    model.zero_grad()
+    expected = [full_pass(model, s) for s in batch]
+    (sum(w * e.sum() for w, e in zip(weights, expected))).backward()
+    for b, e in enumerate(expected):
+        assert logp[b][mask[b]].tolist() == pytest.approx(e.tolist(), abs=1e-4)
+        assert mask[b].sum().item() == len(batch[b].completion_ids)
+    for a, e in zip(shared, [p.grad for p in params]):
+        assert ((a - e).norm() / e.norm()).item() < 1e-4  # fp32 summation order differs, nothing else
+
+
+def test_single_token_completions_skip_the_second_pass(model):
+    batch = [s for s in samples(12, seed=1) if len(s.completion_ids) == 1]
+    logp, mask, entropy = completion_logprobs(model, batch, "cpu", with_entropy=True)
+    assert logp.shape == (len(batch), 1) and mask.all()
+    with torch.no_grad():
+        assert logp[:, 0].tolist() == pytest.approx([full_pass(model, s)[0].item() for s in batch], abs=1e-4)
+    assert (entropy > 0).all()
+
+
+def test_micro_batches_keep_the_budget_and_group_shared_prompts():
+    batch = samples(30)
+    buckets = micro_batches(batch, 40)
+    assert sorted(i for b in buckets for i in b) == list(range(30))
+    for b in buckets:
+        assert bucket_cost([batch[i] for i in b])[1] <= 40 or len(b) == 1
+    # 30 samples over 3 prompts: computing each prompt once per bucket, not once per sample
+    real = sum(bucket_cost([batch[i] for i in b])[0] for b in buckets)
+    assert real < sum(s.num_tokens for s in batch) / 2
