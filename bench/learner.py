@@ -7,15 +7,18 @@ advantages. Three contenders train on them, interleaved round by round, each doi
 one optimizer step over all samples:
 
 * ``rolekit``: ``rolekit.learner.Learner.step`` (PPO-clip, per-role metrics, ...).
-* ``bare_logits``: the loop one writes by hand -- for each of the same micro-batches,
-  ``model(ids).logits`` -> log_softmax -> gather -> policy-gradient loss -> backward,
-  then clip and AdamW.
-* ``bare_gather``: the same, with the LM head applied only at completion positions
-  (what rolekit does): the same arithmetic as rolekit minus its bookkeeping.
+* ``bare_logits``: the loop one writes by hand -- length-sorted micro-batches of the
+  same token budget, ``model(ids).logits`` -> log_softmax -> gather -> policy-gradient
+  loss -> backward, then clip and AdamW.
+* ``bare_gather``: the same, with the LM head applied only at completion positions.
 
-Tokens/s counts real (unpadded) prompt + completion tokens. The padding fraction is
-that of rolekit's length-sorted micro-batches (and, for comparison, of fixed-size
-batches in arrival order).
+rolekit also runs each distinct prompt of a micro-batch once (samples of the same
+information set or the same ask share it; Kuhn prompts repeat, negotiation ones rarely);
+the bare loops run every sample in full, as TRL and SPIRAL's learners do.
+
+Tokens/s counts real (unpadded) prompt + completion tokens of the samples. The padding
+fraction is that of rolekit's micro-batches (and, for comparison, of fixed-size batches
+in arrival order).
 
     python bench/learner.py --quick
     python bench/learner.py                       # full: embedded model, LoRA r=16, 32 samples
@@ -104,6 +107,19 @@ def bare_step(model, optimizer, params, samples, buckets, device, *, gather: boo
     optimizer.step()
 
 
+def length_buckets(samples, max_tokens: int) -> list[list[int]]:
+    """Length-sorted buckets of at most ``max_tokens`` padded tokens, every sample in full."""
+    buckets, current, longest = [], [], 0
+    for i in sorted(range(len(samples)), key=lambda i: samples[i].num_tokens):
+        n = samples[i].num_tokens
+        if current and max(longest, n) * (len(current) + 1) > max_tokens:
+            buckets.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    return buckets + [current] if current else buckets
+
+
 def padding(samples, buckets) -> float:
     real = sum(s.num_tokens for s in samples)
     padded = sum(len(b) * max(samples[i].num_tokens for i in b) for b in buckets)
@@ -124,7 +140,7 @@ def main() -> None:
 
     from rolekit.chat import ChatTokenizer
     from rolekit.config import AlgorithmConfig, LoraConfig
-    from rolekit.learner import Learner, micro_batches
+    from rolekit.learner import Learner
     from rolekit.models import load_model
     from rolekit.plugins import Kernel
 
@@ -146,7 +162,7 @@ def main() -> None:
     cfg = AlgorithmConfig(lr=1e-5, micro_batch_tokens=args.micro_batch_tokens)
     learner = Learner(model, params, cfg, device=loaded.device)
     bare_optimizer = torch.optim.AdamW(params, lr=1e-5)
-    buckets = micro_batches(samples, args.micro_batch_tokens)
+    buckets = length_buckets(samples, args.micro_batch_tokens)  # the bare loops'
     per_bucket = max(len(b) for b in buckets)
     arrival = [list(range(i, min(i + per_bucket, len(samples)))) for i in range(0, len(samples), per_bucket)]
     metrics: dict = {}
@@ -165,7 +181,8 @@ def main() -> None:
         return run
 
     contenders = {"rolekit": rolekit_step, "bare_gather": bare(True), "bare_logits": bare(False)}
-    say(f"{len(samples)} samples, {tokens} tokens, {len(buckets)} micro-batches, model {model_name}, "
+    distinct = len({s.prompt_ids for s in samples})
+    say(f"{len(samples)} samples ({distinct} distinct prompts), {tokens} tokens, model {model_name}, "
         f"{'full fine-tuning' if args.full_finetune else 'LoRA r=16'}")
     rolekit_step()  # warm-up
     rates = side_by_side(contenders, repeats, device=args.device, log=say)
@@ -173,8 +190,10 @@ def main() -> None:
     value = ratio(rates["rolekit"], rates[fastest])
     emit("learner", value, GOAL, f"rolekit learner tok/s / bare loop tok/s ({fastest})",
          model=model_name, lora=not args.full_finetune, samples=len(samples), tokens=tokens,
-         micro_batches=len(buckets), micro_batch_tokens=args.micro_batch_tokens,
-         padding_fraction=metrics["padding_fraction"], padding_fraction_unsorted=padding(samples, arrival),
+         distinct_prompts=distinct, micro_batches=metrics["micro_batches"], bare_micro_batches=len(buckets),
+         micro_batch_tokens=args.micro_batch_tokens, computed_tokens=metrics["computed_tokens"],
+         padding_fraction=metrics["padding_fraction"], padding_fraction_bare=padding(samples, buckets),
+         padding_fraction_unsorted=padding(samples, arrival),
          tokens_per_s={k: median(v) for k, v in rates.items()},
          vs_bare_gather=ratio(rates["rolekit"], rates["bare_gather"]),
          vs_bare_logits=ratio(rates["rolekit"], rates["bare_logits"]),
