@@ -30,9 +30,10 @@ def policy_turns(episode: Episode, role: str) -> list[Turn]:
 
 
 def _sample(episode: Episode, turn: Turn, advantage: float, reward: float) -> Sample:
+    choice = bool(turn.choice_ids) and turn.choice_logprob is not None  # trained as the choice it was
     return Sample(game=episode.game, role=turn.role, prompt_ids=turn.prompt_ids, completion_ids=turn.completion_ids,
-                  logprobs=turn.logprobs, advantage=advantage, reward=reward, temperature=turn.temperature,
-                  turn=turn.id)
+                  logprobs=(turn.choice_logprob,) if choice else turn.logprobs, advantage=advantage, reward=reward,
+                  temperature=turn.temperature, turn=turn.id, choice_ids=turn.choice_ids if choice else ())
 
 
 class _Stateless:

@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 from typing import Any, Sequence
 
+import attrs
 import torch
 
 from rolekit.backends.hf import CACHE_KWARG
@@ -36,12 +37,59 @@ def micro_batches(samples: Sequence[Sample], max_tokens: int) -> list[list[int]]
     return buckets
 
 
+def completions(s: Sample) -> tuple[tuple[int, ...], ...]:
+    """What the learner runs after a sample's prompt: its completion, or every legal answer of a choice."""
+    return s.choice_ids or (s.completion_ids,)
+
+
+def trained_positions(s: Sample) -> int:
+    """Positions a sample contributes to the loss: its completion tokens, or 1 for a choice."""
+    return 1 if s.choice_ids else len(s.completion_ids)
+
+
 def bucket_cost(batch: Sequence[Sample]) -> tuple[int, int]:
     """(real, padded) tokens one micro-batch computes: distinct prompts + completions."""
     prompts = {tuple(s.prompt_ids) for s in batch}
-    real = sum(len(p) for p in prompts) + sum(len(s.completion_ids) for s in batch)
-    padded = len(prompts) * max(len(p) for p in prompts) + len(batch) * max(len(s.completion_ids) for s in batch)
+    rows = [c for s in batch for c in completions(s)]
+    real = sum(len(p) for p in prompts) + sum(len(c) for c in rows)
+    padded = len(prompts) * max(len(p) for p in prompts) + len(rows) * max(len(c) for c in rows)
     return real, padded
+
+
+def policy_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entropy: bool = False):
+    """log pi of what each sample trains, as (logprobs (B, T), mask (B, T), entropy (B, T) or None).
+
+    A free-text sample trains its completion's tokens (``completion_logprobs``). A
+    constrained choice trains one value, log pi(answer | one of the legal answers) =
+    log pi(answer) - logsumexp over the legal answers of log pi(answer'): the policy
+    that was actually sampled from. Its gradient moves the answers' probabilities against
+    each other (call vs fold), not the answer against the rest of the vocabulary; its
+    entropy is that of the choice.
+    """
+    if not any(s.choice_ids for s in samples):
+        return completion_logprobs(model, samples, device, with_entropy=with_entropy)
+    rows, spans = [], []  # one row per completion to score; each sample's span of rows
+    for s in samples:
+        spans.append((len(rows), len(rows) + len(completions(s))))
+        rows += [attrs.evolve(s, completion_ids=c, choice_ids=()) for c in completions(s)]
+    logp, mask, entropy = completion_logprobs(model, rows, device, with_entropy=with_entropy)
+    t_max = max(trained_positions(s) for s in samples)
+    out_logp, out_mask, out_entropy = [], [], []
+    for s, (start, end) in zip(samples, spans):
+        if s.choice_ids:
+            totals = (logp[start:end] * mask[start:end]).sum(1)  # (k,) log pi of each legal answer
+            log_choose = totals - torch.logsumexp(totals, 0)
+            row = log_choose[s.choice_ids.index(s.completion_ids)][None]
+            ent = -(log_choose.detach().exp() * log_choose.detach()).sum()[None]
+        else:
+            row = logp[start, : len(s.completion_ids)]
+            ent = entropy[start, : len(s.completion_ids)] if entropy is not None else row.detach()
+        n = row.shape[0]
+        out_logp.append(torch.nn.functional.pad(row, (0, t_max - n)))
+        out_mask.append(torch.arange(t_max, device=row.device) < n)
+        out_entropy.append(torch.nn.functional.pad(ent, (0, t_max - n)))
+    return (torch.stack(out_logp), torch.stack(out_mask),
+            torch.stack(out_entropy) if with_entropy else None)
 
 
 def split_model(model: Any) -> tuple[Any, Any]:
@@ -146,7 +194,7 @@ class Learner:
         cfg = self.cfg
         buckets = micro_batches(samples, cfg.micro_batch_tokens)
         n_seq = len(samples)
-        n_tok = sum(len(s.completion_ids) for s in samples)
+        n_tok = sum(trained_positions(s) for s in samples)
         costs = [bucket_cost([samples[i] for i in b]) for b in buckets]
         computed, padded = sum(c[0] for c in costs), sum(c[1] for c in costs)
         real = sum(s.num_tokens for s in samples)
@@ -163,7 +211,7 @@ class Learner:
             epoch_loss = 0.0
             for bucket in buckets:
                 batch = [samples[i] for i in bucket]
-                logp, mask, entropy = completion_logprobs(self.model, batch, self.device, with_entropy=epoch == 0)
+                logp, mask, entropy = policy_logprobs(self.model, batch, self.device, with_entropy=epoch == 0)
                 t_max = logp.shape[1]
                 if cfg.recompute_logprobs:
                     old_lp = torch.stack([torch.nn.functional.pad(old[i], (0, t_max - old[i].numel())) for i in bucket])
@@ -236,9 +284,9 @@ class Learner:
         out = {}
         for bucket in buckets:
             batch = [samples[i] for i in bucket]
-            logp, mask, _ = completion_logprobs(model or self.model, batch, self.device)
+            logp, mask, _ = policy_logprobs(model or self.model, batch, self.device)
             for j, i in enumerate(bucket):
-                out[i] = logp[j, : len(samples[i].completion_ids)]
+                out[i] = logp[j, : trained_positions(samples[i])]
         return out
 
     @torch.no_grad()

@@ -59,6 +59,8 @@ class Answer:
     logprobs: tuple[float, ...] = ()
     finish_reason: str = "stop"
     temperature: float = 1.0
+    choice_ids: tuple[tuple[int, ...], ...] = ()  # constrained choice: every legal answer's ids
+    choice_logprob: float | None = None  # ... and log pi(this one | one of them)
 
 
 class Responder(Protocol):
@@ -164,6 +166,7 @@ class Table:
                 prompt_ids=answer.prompt_ids, completion_ids=answer.completion_ids, logprobs=answer.logprobs,
                 responder=responder, parent=ask.parent.id if ask.parent is not None else None,
                 finish_reason=answer.finish_reason, temperature=answer.temperature,
+                choice_ids=answer.choice_ids, choice_logprob=answer.choice_logprob,
             )
             self.turns.append(turn)
             turns.append(turn)
@@ -288,10 +291,13 @@ class ModelResponder:
         scored = self.backend.score(pairs, temperature=temperature)
         out = []
         for ask, (start, end, ids) in zip(asks, spans):
-            totals = torch.tensor([sum(scored[k]) for k in range(start, end)])
-            picks = torch.multinomial(torch.softmax(totals, dim=0), ask.n, replacement=True).tolist()
+            totals = torch.tensor([sum(scored[k]) for k in range(start, end)], dtype=torch.float64)
+            log_choose = torch.log_softmax(totals, dim=0)
+            picks = torch.multinomial(log_choose.exp(), ask.n, replacement=True).tolist()
+            choice_ids = tuple(pairs[k][1] for k in range(start, end))
             out.append([Answer(text=ask.prefix + ask.choices[j], prompt_ids=ids, completion_ids=pairs[start + j][1],
-                               logprobs=scored[start + j], finish_reason="stop", temperature=temperature)
+                               logprobs=scored[start + j], finish_reason="stop", temperature=temperature,
+                               choice_ids=choice_ids, choice_logprob=log_choose[j].item())
                         for j in picks])
         return out
 

@@ -15,6 +15,14 @@ def _tuple_of_floats(value) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
+def _tuples_of_ints(value) -> tuple[tuple[int, ...], ...]:
+    return tuple(_tuple_of_ints(v) for v in value)
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
 @attrs.frozen
 class Role:
     """A seat in a role graph. The same model may play every role."""
@@ -81,6 +89,10 @@ class Turn:
     finish_reason: str = "stop"
     temperature: float = 1.0
     action: str | None = None  # the move a game extracted from ``text``, if any
+    # a constrained choice: the token ids of every legal answer offered, and log pi of the
+    # chosen one among them (its share of their total probability), as sampled
+    choice_ids: tuple[tuple[int, ...], ...] = attrs.field(converter=_tuples_of_ints, default=(), repr=False)
+    choice_logprob: float | None = attrs.field(converter=_optional_float, default=None, repr=False)
 
     @property
     def context_ids(self) -> tuple[int, ...]:
@@ -132,6 +144,10 @@ class Sample:
     reward: float = 0.0
     temperature: float = 1.0
     turn: int = -1  # id of the Turn it came from
+    # a constrained choice: every legal answer's token ids. The learner then trains
+    # log pi(answer | one of these) -- the policy that was sampled -- and ``logprobs`` is
+    # that one value at sampling time.
+    choice_ids: tuple[tuple[int, ...], ...] = attrs.field(converter=_tuples_of_ints, default=(), repr=False)
 
     @property
     def num_tokens(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import attrs
 import peft
 import pytest
 import torch
@@ -80,3 +81,21 @@ def test_micro_batches_keep_the_budget_and_group_shared_prompts():
     # 30 samples over 3 prompts: computing each prompt once per bucket, not once per sample
     real = sum(bucket_cost([batch[i] for i in b])[0] for b in buckets)
     assert real < sum(s.num_tokens for s in batch) / 2
+
+
+def test_a_choice_trains_its_probability_among_the_legal_answers(model):
+    from rolekit.learner import policy_logprobs
+
+    prompt, answers = (11, 12, 13, 14), ((40, 41), (50,), (60, 61, 62))
+    choice = Sample(game="g", role="r", prompt_ids=prompt, completion_ids=answers[2], logprobs=(-1.0,),
+                    advantage=1.0, temperature=0.8, choice_ids=answers)
+    free = samples(2)[1]  # a free-text sample in the same batch
+    logp, mask, entropy = policy_logprobs(model, [choice, free], "cpu", with_entropy=True)
+    with torch.no_grad():
+        totals = torch.stack([full_pass(model, attrs.evolve(choice, completion_ids=a, choice_ids=())).sum()
+                              for a in answers])
+        expected = torch.log_softmax(totals, 0)
+        assert mask[0].tolist() == [True] + [False] * (mask.shape[1] - 1)
+        assert logp[0, 0].item() == pytest.approx(expected[2].item(), abs=1e-4)
+        assert entropy[0, 0].item() == pytest.approx(-(expected.exp() * expected).sum().item(), abs=1e-4)
+        assert logp[1][mask[1]].tolist() == pytest.approx(full_pass(model, free).tolist(), abs=1e-4)
