@@ -9,9 +9,11 @@ recomputing the same prompt k times (k = 2 in Kuhn Poker, up to 9 in TicTacToe).
 and the k answers against it.
 
 This plays episodes of each game with the policy choosing, records the (prompt, answer)
-pairs the backend was asked to score, and scores them side by side with the first
-version (kept below as ``full_pass``) and with the current one, checking that both give
-the same log-probabilities.
+pairs the backend was asked to score, and scores them side by side both ways
+(``teacher_forced(share=True)`` and ``share=False``, the first version's single padded
+pass per pair), checking that both give the same log-probabilities. By default rolekit
+shares on the CPU only (``backends.hf.share_prompts``): on a GPU these small batches are
+latency-bound and the second pass costs more than the tokens it saves.
 
     python bench/choose.py --quick
     python bench/choose.py                        # full: embedded model
@@ -28,31 +30,6 @@ from harness import emit, median, options, ratio, say, setup, side_by_side
 
 GAMES = ("kuhn_poker", "tictactoe")
 GOAL = 1.5
-
-
-@torch.inference_mode()
-def full_pass(model, pairs, *, pad_id: int, batch_size: int) -> list[tuple[float, ...]]:
-    """The first version: every (prompt, answer) pair as one left-padded sequence."""
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(pairs), batch_size):
-        batch = pairs[start:start + batch_size]
-        seqs = [tuple(p) + tuple(c) for p, c in batch]
-        width = max(len(q) for q in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        keep = max(len(c) for _, c in batch) + 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                       logits_to_keep=keep).logits[:, -keep:]
-        for row, (_, completion) in enumerate(batch):
-            c = len(completion)
-            logp = torch.log_softmax(logits[row, keep - c - 1:].float(), dim=-1)
-            out.append(tuple(logp[torch.arange(c), torch.tensor(completion, device=logp.device)].tolist()))
-    return out
 
 
 def main() -> None:
@@ -106,9 +83,9 @@ def main() -> None:
 
         contenders = {
             "shared prompt": contender("shared", lambda p: teacher_forced(
-                backend.model, p, pad_id=chat.pad_id, batch_size=backend.max_batch_size)),
-            "full passes": contender("full", lambda p: full_pass(
-                backend.model, p, pad_id=chat.pad_id, batch_size=backend.max_batch_size)),
+                backend.model, p, pad_id=chat.pad_id, batch_size=backend.max_batch_size, share=True)),
+            "full passes": contender("full", lambda p: teacher_forced(
+                backend.model, p, pad_id=chat.pad_id, batch_size=backend.max_batch_size, share=False)),
         }
         rates = side_by_side(contenders, repeats, device=args.device, log=say)
         diff = max(abs(a - b) for x, y in zip(results["shared"], results["full"]) for a, b in zip(x, y))

@@ -9,12 +9,12 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from rolekit.backends.hf import CACHE_KWARG
+from rolekit.backends.hf import CACHE_KWARG, share_prompts
 from rolekit.losses import kl_estimate, ppo_clip, token_weights
 from rolekit.types import Sample
 
 
-def micro_batches(samples: Sequence[Sample], max_tokens: int) -> list[list[int]]:
+def micro_batches(samples: Sequence[Sample], max_tokens: int, shared: bool = True) -> list[list[int]]:
     """Indices of ``samples`` in buckets of at most ``max_tokens`` computed tokens.
 
     A bucket computes each distinct prompt once (padded to its longest prompt) and each
@@ -28,7 +28,7 @@ def micro_batches(samples: Sequence[Sample], max_tokens: int) -> list[list[int]]
     buckets: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        if current and bucket_cost([samples[j] for j in current + [i]])[1] > max_tokens:
+        if current and bucket_cost([samples[j] for j in current + [i]], shared)[1] > max_tokens:
             buckets.append(current)
             current = []
         current.append(i)
@@ -47,16 +47,20 @@ def trained_positions(s: Sample) -> int:
     return 1 if s.choice_ids else len(s.completion_ids)
 
 
-def bucket_cost(batch: Sequence[Sample]) -> tuple[int, int]:
-    """(real, padded) tokens one micro-batch computes: distinct prompts + completions."""
+def bucket_cost(batch: Sequence[Sample], shared: bool = True) -> tuple[int, int]:
+    """(real, padded) tokens one micro-batch computes: distinct prompts + completions
+    (``shared``), or every prompt + completion in full."""
+    rows = [(s.prompt_ids, c) for s in batch for c in completions(s)]
+    if not shared:
+        return sum(len(p) + len(c) for p, c in rows), len(rows) * max(len(p) + len(c) for p, c in rows)
     prompts = {tuple(s.prompt_ids) for s in batch}
-    rows = [c for s in batch for c in completions(s)]
-    real = sum(len(p) for p in prompts) + sum(len(c) for c in rows)
-    padded = len(prompts) * max(len(p) for p in prompts) + len(rows) * max(len(c) for c in rows)
+    real = sum(len(p) for p in prompts) + sum(len(c) for _, c in rows)
+    padded = len(prompts) * max(len(p) for p in prompts) + len(rows) * max(len(c) for _, c in rows)
     return real, padded
 
 
-def policy_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entropy: bool = False):
+def policy_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entropy: bool = False,
+                    share: bool | None = None):
     """log pi of what each sample trains, as (logprobs (B, T), mask (B, T), entropy (B, T) or None).
 
     A free-text sample trains its completion's tokens (``completion_logprobs``). A
@@ -67,12 +71,12 @@ def policy_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entro
     entropy is that of the choice.
     """
     if not any(s.choice_ids for s in samples):
-        return completion_logprobs(model, samples, device, with_entropy=with_entropy)
+        return completion_logprobs(model, samples, device, with_entropy=with_entropy, share=share)
     rows, spans = [], []  # one row per completion to score; each sample's span of rows
     for s in samples:
         spans.append((len(rows), len(rows) + len(completions(s))))
         rows += [attrs.evolve(s, completion_ids=c, choice_ids=()) for c in completions(s)]
-    logp, mask, entropy = completion_logprobs(model, rows, device, with_entropy=with_entropy)
+    logp, mask, entropy = completion_logprobs(model, rows, device, with_entropy=with_entropy, share=share)
     t_max = max(trained_positions(s) for s in samples)
     out_logp, out_mask, out_entropy = [], [], []
     for s, (start, end) in zip(samples, spans):
@@ -102,49 +106,27 @@ def split_model(model: Any) -> tuple[Any, Any]:
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entropy: bool = False):
+def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entropy: bool = False,
+                        share: bool | None = None):
     """Teacher-forced log pi(token) of each sample's completion, at the sample's temperature.
 
     Returns (logprobs (B, T), mask (B, T), entropy (B, T) or None), T = longest completion.
 
-    Samples that share a prompt share its forward pass: each distinct prompt runs once
-    (left-padded, explicit position ids) into a KV cache, and each completion runs against
-    its prompt's cache rows. Gradients flow back through the cache into the prompt pass,
-    so values and gradients equal one full pass per sample (tested) -- at the cost of the
-    distinct prompts instead of all of them (Kuhn Poker has 12 information sets; GRPO's n
-    samples of one ask share one prompt).
+    With ``share`` (default: ``backends.hf.share_prompts``, i.e. on the CPU when it saves a
+    quarter of the tokens) samples that share a prompt share its forward pass: each
+    distinct prompt runs once (left-padded, explicit position ids) into a KV cache and
+    each completion runs against its prompt's cache rows. Gradients flow back through the
+    cache into the prompt pass, so values and gradients equal one full pass per sample
+    (tested) -- at the cost of the distinct prompts instead of all of them (Kuhn Poker has
+    12 information sets; GRPO's n samples of one ask share one prompt). Without, every
+    sample runs in full, right-padded, in one pass.
     """
     decoder, head = split_model(model)
-    prompts = list(dict.fromkeys(tuple(s.prompt_ids) for s in samples))
-    row_of = {p: r for r, p in enumerate(prompts)}
-    index = torch.tensor([row_of[tuple(s.prompt_ids)] for s in samples], device=device)  # (B,)
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)  # (P, W), left-padded
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p)
-        attention[r, width - len(p):] = 1
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
     t_max = max(len(s.completion_ids) for s in samples)
-    first = decoder(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-                    use_cache=t_max > 1)
-    # the hidden state *before* completion token k predicts it: the prompt's last for k = 0 ...
-    hidden = first.last_hidden_state[:, -1][index][:, None]  # (B, 1, H)
-    if t_max > 1:  # ... and completion token k - 1's for k >= 1: run completions[:-1] against the cache
-        cache = getattr(first, "cache", None) or first.past_key_values
-        cache.reorder_cache(index)
-        rest = torch.zeros((len(samples), t_max - 1), dtype=torch.long)  # (B, T-1), right-padded
-        rest_mask = torch.zeros((len(samples), t_max - 1), dtype=torch.long)
-        for b, s in enumerate(samples):
-            c = s.completion_ids[:-1]
-            rest[b, : len(c)] = torch.tensor(c, dtype=torch.long)
-            rest_mask[b, : len(c)] = 1
-        lengths = attention.sum(-1).to(device)[index]  # (B,)
-        rest_positions = lengths[:, None] + torch.arange(t_max - 1, device=device)[None, :]
-        later = decoder(input_ids=rest.to(device), attention_mask=torch.cat([attention.to(device)[index],
-                        rest_mask.to(device)], 1), position_ids=rest_positions, use_cache=True,
-                        **{CACHE_KWARG: cache}).last_hidden_state  # (B, T-1, H)
-        hidden = torch.cat([hidden, later], 1)  # (B, T, H)
+    if share is None:
+        full, shared = bucket_cost(samples, shared=False)[0], bucket_cost(samples, shared=True)[0]
+        share = share_prompts(device, full, shared)
+    hidden = (_hidden_shared if share else _hidden_full)(decoder, samples, device, t_max)  # (B, T, H)
     logits = head(hidden.reshape(-1, hidden.shape[-1])).float()  # (B*T, V)
     targets, valid = [], []
     for s in samples:
@@ -161,6 +143,55 @@ def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_e
     # entropy from the log-softmax already taken (entropy_from_logits would take it again)
     entropy = _entropy(logp.detach()).view(shape) if with_entropy else None
     return chosen.view(shape), mask, entropy
+
+
+def _hidden_full(decoder: Any, samples: Sequence[Sample], device, t_max: int) -> torch.Tensor:
+    """(B, T, H): the hidden state *before* each completion token (which predicts it), one pass
+    over every prompt + completion, right-padded; padded positions repeat the last real one."""
+    width = max(s.num_tokens for s in samples)
+    ids = torch.zeros((len(samples), width), dtype=torch.long)
+    attention = torch.zeros((len(samples), width), dtype=torch.long)
+    for b, s in enumerate(samples):
+        seq = s.prompt_ids + s.completion_ids
+        ids[b, : len(seq)] = torch.tensor(seq)
+        attention[b, : len(seq)] = 1
+    hidden = decoder(input_ids=ids.to(device), attention_mask=attention.to(device)).last_hidden_state  # (B, L, H)
+    cols = torch.tensor([[len(s.prompt_ids) - 1 + min(t, len(s.completion_ids) - 1) for t in range(t_max)]
+                         for s in samples], device=device)  # (B, T)
+    return hidden[torch.arange(len(samples), device=device)[:, None], cols]
+
+
+def _hidden_shared(decoder: Any, samples: Sequence[Sample], device, t_max: int) -> torch.Tensor:
+    """(B, T, H) as ``_hidden_full``, running each distinct prompt once into a KV cache."""
+    prompts = list(dict.fromkeys(tuple(s.prompt_ids) for s in samples))
+    row_of = {p: r for r, p in enumerate(prompts)}
+    index = torch.tensor([row_of[tuple(s.prompt_ids)] for s in samples])  # (B,)
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)  # (P, W), left-padded
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p)
+        attention[r, width - len(p):] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    first = decoder(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+                    use_cache=t_max > 1)
+    # the hidden state before completion token k predicts it: the prompt's last for k = 0 ...
+    hidden = first.last_hidden_state[:, -1][index.to(device)][:, None]  # (B, 1, H)
+    if t_max > 1:  # ... and completion token k - 1's for k >= 1: run completions[:-1] against the cache
+        cache = getattr(first, "cache", None) or first.past_key_values
+        cache.reorder_cache(index.to(device))
+        rest = torch.zeros((len(samples), t_max - 1), dtype=torch.long)  # (B, T-1), right-padded
+        rest_mask = torch.zeros((len(samples), t_max - 1), dtype=torch.long)
+        for b, s in enumerate(samples):
+            c = s.completion_ids[:-1]
+            rest[b, : len(c)] = torch.tensor(c, dtype=torch.long)
+            rest_mask[b, : len(c)] = 1
+        rest_positions = attention.sum(-1)[index][:, None] + torch.arange(t_max - 1)[None, :]
+        later = decoder(input_ids=rest.to(device), attention_mask=torch.cat([attention[index], rest_mask], 1).to(device),
+                        position_ids=rest_positions.to(device), use_cache=True,
+                        **{CACHE_KWARG: cache}).last_hidden_state  # (B, T-1, H)
+        hidden = torch.cat([hidden, later], 1)  # (B, T, H)
+    return hidden
 
 
 def _entropy(logp: torch.Tensor) -> torch.Tensor:
@@ -192,10 +223,11 @@ class Learner:
         Non-finite losses skip the update (metrics carry ``nonfinite=True``).
         """
         cfg = self.cfg
-        buckets = micro_batches(samples, cfg.micro_batch_tokens)
+        share = share_prompts(self.device, bucket_cost(samples, shared=False)[0], bucket_cost(samples)[0])
+        buckets = micro_batches(samples, cfg.micro_batch_tokens, share)
         n_seq = len(samples)
         n_tok = sum(trained_positions(s) for s in samples)
-        costs = [bucket_cost([samples[i] for i in b]) for b in buckets]
+        costs = [bucket_cost([samples[i] for i in b], share) for b in buckets]
         computed, padded = sum(c[0] for c in costs), sum(c[1] for c in costs)
         real = sum(s.num_tokens for s in samples)
         old = {i: None for i in range(n_seq)}
@@ -211,7 +243,8 @@ class Learner:
             epoch_loss = 0.0
             for bucket in buckets:
                 batch = [samples[i] for i in bucket]
-                logp, mask, entropy = policy_logprobs(self.model, batch, self.device, with_entropy=epoch == 0)
+                logp, mask, entropy = policy_logprobs(self.model, batch, self.device, with_entropy=epoch == 0,
+                                                      share=share)
                 t_max = logp.shape[1]
                 if cfg.recompute_logprobs:
                     old_lp = torch.stack([torch.nn.functional.pad(old[i], (0, t_max - old[i].numel())) for i in bucket])

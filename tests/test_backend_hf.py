@@ -255,9 +255,10 @@ def test_a_template_that_rewrites_history_is_refused(chat):
         ChatTokenizer(tokenizer).continue_ids([1, 2], "length", "next")
 
 
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "single-pass"])
 @pytest.mark.parametrize("batch_size", [1, 2, 8])
-def test_score_shares_prompts_and_matches_one_full_pass_per_pair(lm, chat, batch_size):
-    """Shared-prompt scoring (prompt pass + cached completions) equals an unpadded full pass."""
+def test_score_shares_prompts_and_matches_one_full_pass_per_pair(lm, chat, batch_size, share):
+    """Both scoring paths (prompt pass + cached completions; padded single passes) equal an unpadded full pass."""
     from rolekit.backends.hf import teacher_forced
 
     prompts = [chat.encode(p) for p in PROMPTS[:3]]
@@ -265,7 +266,8 @@ def test_score_shares_prompts_and_matches_one_full_pass_per_pair(lm, chat, batch
     pairs = [(p, c) for p in prompts for c in completions] + [(prompts[1], [])]
     pairs = pairs[5:] + pairs[:5]  # prompts interleaved, not grouped
     stop = [chat.text_ids("]")[0], *sorted(chat.eos_ids)]
-    got = teacher_forced(lm.model, pairs, pad_id=chat.pad_id, temperature=0.7, batch_size=batch_size, stop_ids=stop)
+    got = teacher_forced(lm.model, pairs, pad_id=chat.pad_id, temperature=0.7, batch_size=batch_size, stop_ids=stop,
+                         share=share)
     assert len(got) == len(pairs)
     for (p, c), values in zip(pairs, got):
         with torch.no_grad():

@@ -43,13 +43,14 @@ def full_pass(model, s):
     return logp[torch.arange(len(s.completion_ids)), torch.tensor(s.completion_ids)]
 
 
-def test_shared_prompt_pass_equals_one_full_pass_per_sample_values_and_gradients(model):
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "single-pass"])
+def test_forward_equals_one_full_pass_per_sample_values_and_gradients(model, share):
     batch = samples()
     params = [p for p in model.parameters() if p.requires_grad]
     weights = [random.Random(i).uniform(0.5, 2) for i in range(len(batch))]
 
     model.zero_grad()
-    logp, mask, _ = completion_logprobs(model, batch, "cpu")
+    logp, mask, _ = completion_logprobs(model, batch, "cpu", share=share)
     (sum(w * logp[b][mask[b]].sum() for b, w in enumerate(weights))).backward()
     shared = [p.grad.clone() for p in params]
 

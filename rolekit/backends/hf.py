@@ -73,78 +73,118 @@ def cache_kwarg() -> str:
 CACHE_KWARG = cache_kwarg()
 
 
+def share_prompts(device: Any, full_tokens: int, shared_tokens: int) -> bool:
+    """Run each distinct prompt once and the completions against its KV cache (two passes),
+    or every (prompt, completion) in full (one pass)?
+
+    Measured (BENCHMARKS.md, bench/choose.py and bench/learner.py): on 2 CPU cores, where a
+    forward pass is compute-bound, sharing pays in proportion to the tokens it saves (Kuhn
+    choices 4x, TicTacToe 7.5x); on an H200 these batches are latency-bound and the second
+    pass costs more than the saved tokens (Kuhn choices 0.5x). So: share on the CPU when
+    it saves at least a quarter of the tokens.
+    """
+    return torch.device(device).type == "cpu" and shared_tokens <= 0.75 * full_tokens
+
+
 @torch.inference_mode()
 def teacher_forced(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int = 0,
-                   temperature: float = 1.0, batch_size: int = 8, stop_ids: Sequence[int] = ()
-                   ) -> list[tuple[float, ...]]:
+                   temperature: float = 1.0, batch_size: int = 8, stop_ids: Sequence[int] = (),
+                   share: bool | None = None) -> list[tuple[float, ...]]:
     """Per-token log pi(completion token | prompt, earlier ones) for each (prompt, completion) pair.
 
     With ``stop_ids`` one more value ends each tuple: log p(any of ``stop_ids``) right after
     the completion (the answer must end there). Softmax of logits / ``temperature`` in fp32.
 
-    Pairs that share a prompt share its forward pass: each distinct prompt runs once
-    (left-padded, ``batch_size`` prompts at a time, explicit position ids, so padding
-    changes nothing) and fills a KV cache; then every completion of those prompts runs
-    against its prompt's cache rows. Scoring k legal answers of one decision (constrained
-    choice) costs one prompt pass plus k short ones instead of k full passes.
+    With ``share`` (default: ``share_prompts``) pairs that share a prompt share its forward
+    pass: each distinct prompt runs once (left-padded, ``batch_size`` prompts at a time,
+    explicit position ids, so padding changes nothing) and fills a KV cache; then every
+    completion of those prompts runs against its prompt's cache rows -- scoring k legal
+    answers of one decision costs one prompt pass plus k short ones. Without, each pair
+    runs in full, ``batch_size`` pairs at a time.
     """
     device = next(model.parameters()).device
     if any(len(p) == 0 for p, _ in pairs):
         raise ValueError("a prompt needs at least one token")
     prompts = list(dict.fromkeys(tuple(p) for p, _ in pairs))  # distinct, in first-seen order
-    by_prompt: dict[tuple[int, ...], list[int]] = {p: [] for p in prompts}
-    for i, (p, _) in enumerate(pairs):
-        by_prompt[tuple(p)].append(i)
+    if share is None:
+        completion_tokens = sum(len(c) for _, c in pairs)
+        share = share_prompts(device, sum(len(p) for p, _ in pairs) + completion_tokens,
+                              sum(len(p) for p in prompts) + completion_tokens)
+    kw = dict(pad_id=pad_id, temperature=temperature, stop_ids=stop_ids, device=device)
     out: list[tuple[float, ...] | None] = [None] * len(pairs)
     was_training = model.training
     model.eval()
     try:
+        if not share:
+            for start in range(0, len(pairs), batch_size):
+                items = [(r, c) for r, (_, c) in enumerate(pairs[start:start + batch_size])]
+                own = [tuple(p) for p, _ in pairs[start:start + batch_size]]
+                out[start:start + len(items)] = _score_group(model, own, items, single_pass=True, **kw)
+            return out  # type: ignore[return-value]
+        by_prompt: dict[tuple[int, ...], list[int]] = {p: [] for p in prompts}
+        for i, (p, _) in enumerate(pairs):
+            by_prompt[tuple(p)].append(i)
         for start in range(0, len(prompts), batch_size):
             group = prompts[start:start + batch_size]
             rows = [(g, i) for g, p in enumerate(group) for i in by_prompt[p]]  # (prompt row, pair index)
-            for (g, i), values in zip(rows, _score_group(model, group, [(g, pairs[i][1]) for g, i in rows],
-                                                         pad_id=pad_id, temperature=temperature,
-                                                         stop_ids=stop_ids, device=device)):
+            for (g, i), values in zip(rows, _score_group(model, group, [(g, pairs[i][1]) for g, i in rows], **kw)):
                 out[i] = values
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]
 
 
+def _left_padded(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, position ids), each (B, W), of left-padded sequences."""
+    width = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, q in enumerate(seqs):
+        ids[row, width - len(q):] = torch.tensor(list(q), dtype=torch.long)
+        mask[row, width - len(q):] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def _score_group(model: Any, prompts: Sequence[tuple[int, ...]], items: Sequence[tuple[int, Sequence[int]]], *,
-                 pad_id: int, temperature: float, stop_ids: Sequence[int], device: Any) -> list[tuple[float, ...]]:
-    """Score ``items`` = (prompt row, completion) against one batch of distinct ``prompts``."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (P, W), left-padded
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[row, width - len(p):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                 pad_id: int, temperature: float, stop_ids: Sequence[int], device: Any,
+                 single_pass: bool = False) -> list[tuple[float, ...]]:
+    """Score ``items`` = (prompt row, completion) against one batch of ``prompts``.
+
+    Shared: the prompts run once into a KV cache, the completions against their rows.
+    ``single_pass``: item i's prompt is ``prompts[i]`` and prompt + completion run together.
+    """
     longest = max(len(c) for _, c in items)
-    first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                  use_cache=longest > 0, logits_to_keep=1)
-    first_logits = first.logits[:, -1]  # (P, V): predicts each completion's first token
-    later = None  # (N, C, V): position j predicts completion token j + 1 (and the stop after the last)
-    if longest > 0:
-        index = torch.tensor([g for g, _ in items], dtype=torch.long, device=device)
-        cache = getattr(first, "cache", None) or first.past_key_values
-        cache.reorder_cache(index)  # one cache row per item
-        comp = torch.full((len(items), longest), pad_id, dtype=torch.long)  # (N, C), right-padded
-        comp_mask = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, (_, c) in enumerate(items):
-            comp[row, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-            comp_mask[row, :len(c)] = 1
-        lengths = mask.sum(-1)[index.cpu()]  # (N,) prompt lengths
-        comp_positions = lengths[:, None] + torch.arange(longest)[None, :]
-        later = model(input_ids=comp.to(device), attention_mask=torch.cat([mask[index.cpu()], comp_mask], 1).to(device),
-                      position_ids=comp_positions.to(device), use_cache=True, **{CACHE_KWARG: cache}).logits
+    if single_pass:
+        keep = longest + 1  # positions predicting a completion token or the stop
+        ids, mask, positions = _left_padded([tuple(prompts[g]) + tuple(c) for g, c in items], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       logits_to_keep=keep).logits[:, -keep:]  # (N, keep, V)
+        rows = [logits[row, keep - len(c) - 1:] for row, (_, c) in enumerate(items)]
+    else:
+        ids, mask, positions = _left_padded(prompts, pad_id)
+        first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                      use_cache=longest > 0, logits_to_keep=1)
+        first_logits = first.logits[:, -1]  # (P, V): predicts each completion's first token
+        later = None  # (N, C, V): position j predicts completion token j + 1 (and the stop after the last)
+        if longest > 0:
+            index = torch.tensor([g for g, _ in items], dtype=torch.long)
+            cache = getattr(first, "cache", None) or first.past_key_values
+            cache.reorder_cache(index.to(device))  # one cache row per item
+            comp = torch.full((len(items), longest), pad_id, dtype=torch.long)  # (N, C), right-padded
+            comp_mask = torch.zeros((len(items), longest), dtype=torch.long)
+            for row, (_, c) in enumerate(items):
+                comp[row, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+                comp_mask[row, :len(c)] = 1
+            comp_positions = mask.sum(-1)[index][:, None] + torch.arange(longest)[None, :]
+            later = model(input_ids=comp.to(device), attention_mask=torch.cat([mask[index], comp_mask], 1).to(device),
+                          position_ids=comp_positions.to(device), use_cache=True, **{CACHE_KWARG: cache}).logits
+        rows = [first_logits[g:g + 1] if later is None else torch.cat([first_logits[g:g + 1], later[row, :len(c)]])
+                for row, (g, c) in enumerate(items)]
     out = []
     scale = max(temperature, 1e-5)
-    for row, (g, completion) in enumerate(items):
+    for logits, (_, completion) in zip(rows, items):  # logits (c + 1, V)
         c = len(completion)
-        logits = first_logits[g:g + 1] if later is None else torch.cat([first_logits[g:g + 1], later[row, :c]])
-        logp = torch.log_softmax(logits.float() / scale, dim=-1)  # (c + 1, V)
+        logp = torch.log_softmax(logits.float() / scale, dim=-1)
         target = torch.tensor(list(completion), dtype=torch.long, device=logp.device)
         values = logp[torch.arange(c, device=logp.device), target].tolist()
         if stop_ids:
