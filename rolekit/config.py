@@ -68,6 +68,7 @@ class AlgorithmConfig:
     aggregation: str = attrs.field(default="constant", validator=attrs.validators.in_(
         ("constant", "token_mean", "seq_mean")))  # how token losses are summed (constant: Dr. GRPO)
     kl_beta: float = attrs.field(default=0.0, validator=_non_negative)  # weight of KL to the reference
+    entropy_coef: float = attrs.field(default=0.0, validator=_non_negative)  # bonus on the policy's entropy (choices: over the legal answers)
     kl_estimator: str = attrs.field(default="k3", validator=attrs.validators.in_(("k1", "k2", "k3")))
     max_grad_norm: float = attrs.field(default=1.0, validator=_positive)
     micro_batch_tokens: int = attrs.field(default=1024, validator=_positive)  # learner tokens per micro-batch (memory)

@@ -60,7 +60,7 @@ def bucket_cost(batch: Sequence[Sample], shared: bool = True) -> tuple[int, int]
 
 
 def policy_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entropy: bool = False,
-                    share: bool | None = None):
+                    share: bool | None = None, entropy_grad: bool = False):
     """log pi of what each sample trains, as (logprobs (B, T), mask (B, T), entropy (B, T) or None).
 
     A free-text sample trains its completion's tokens (``completion_logprobs``). A
@@ -68,15 +68,18 @@ def policy_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entro
     log pi(answer) - logsumexp over the legal answers of log pi(answer'): the policy
     that was actually sampled from. Its gradient moves the answers' probabilities against
     each other (call vs fold), not the answer against the rest of the vocabulary; its
-    entropy is that of the choice.
+    entropy is that of the choice. ``entropy_grad``: the entropy keeps its graph (for an
+    entropy bonus).
     """
     if not any(s.choice_ids for s in samples):
-        return completion_logprobs(model, samples, device, with_entropy=with_entropy, share=share)
+        return completion_logprobs(model, samples, device, with_entropy=with_entropy, share=share,
+                                   entropy_grad=entropy_grad)
     rows, spans = [], []  # one row per completion to score; each sample's span of rows
     for s in samples:
         spans.append((len(rows), len(rows) + len(completions(s))))
         rows += [attrs.evolve(s, completion_ids=c, choice_ids=()) for c in completions(s)]
-    logp, mask, entropy = completion_logprobs(model, rows, device, with_entropy=with_entropy, share=share)
+    logp, mask, entropy = completion_logprobs(model, rows, device, with_entropy=with_entropy, share=share,
+                                              entropy_grad=entropy_grad)
     t_max = max(trained_positions(s) for s in samples)
     out_logp, out_mask, out_entropy = [], [], []
     for s, (start, end) in zip(samples, spans):
@@ -84,7 +87,8 @@ def policy_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entro
             totals = (logp[start:end] * mask[start:end]).sum(1)  # (k,) log pi of each legal answer
             log_choose = totals - torch.logsumexp(totals, 0)
             row = log_choose[s.choice_ids.index(s.completion_ids)][None]
-            ent = -(log_choose.detach().exp() * log_choose.detach()).sum()[None]
+            lc = log_choose if entropy_grad else log_choose.detach()
+            ent = -(lc.exp() * lc).sum()[None]
         else:
             row = logp[start, : len(s.completion_ids)]
             ent = entropy[start, : len(s.completion_ids)] if entropy is not None else row.detach()
@@ -107,7 +111,7 @@ def split_model(model: Any) -> tuple[Any, Any]:
 
 
 def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entropy: bool = False,
-                        share: bool | None = None):
+                        share: bool | None = None, entropy_grad: bool = False):
     """Teacher-forced log pi(token) of each sample's completion, at the sample's temperature.
 
     Returns (logprobs (B, T), mask (B, T), entropy (B, T) or None), T = longest completion.
@@ -141,7 +145,7 @@ def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_e
     shape = (len(samples), t_max)
     mask = torch.tensor(valid, device=device).view(shape)
     # entropy from the log-softmax already taken (entropy_from_logits would take it again)
-    entropy = _entropy(logp.detach()).view(shape) if with_entropy else None
+    entropy = _entropy(logp if entropy_grad else logp.detach()).view(shape) if with_entropy else None
     return chosen.view(shape), mask, entropy
 
 
@@ -243,8 +247,9 @@ class Learner:
             epoch_loss = 0.0
             for bucket in buckets:
                 batch = [samples[i] for i in bucket]
-                logp, mask, entropy = policy_logprobs(self.model, batch, self.device, with_entropy=epoch == 0,
-                                                      share=share)
+                bonus = cfg.entropy_coef > 0
+                logp, mask, entropy = policy_logprobs(self.model, batch, self.device, with_entropy=epoch == 0 or bonus,
+                                                      share=share, entropy_grad=bonus)
                 t_max = logp.shape[1]
                 if cfg.recompute_logprobs:
                     old_lp = torch.stack([torch.nn.functional.pad(old[i], (0, t_max - old[i].numel())) for i in bucket])
@@ -257,6 +262,8 @@ class Learner:
                     ref_lp = torch.stack([torch.nn.functional.pad(ref[i], (0, t_max - ref[i].numel())) for i in bucket])
                     kl_tok = kl_estimate(logp, ref_lp, cfg.kl_estimator)
                     loss_tok = loss_tok + cfg.kl_beta * kl_tok
+                if bonus:  # maximise the policy's entropy: keeps a choice from saturating before it is learned
+                    loss_tok = loss_tok - cfg.entropy_coef * entropy
                 weights = token_weights(mask, cfg.aggregation, num_sequences=n_seq, num_tokens=n_tok,
                                         max_new_tokens=max_new_tokens)
                 loss = (weights * loss_tok).sum()
@@ -266,7 +273,8 @@ class Learner:
                 loss.backward()
                 epoch_loss += loss.item()
                 if epoch == 0:
-                    self._accumulate(per_key, batch, mask, loss_tok, weights, clipped, logp, old_lp, kl_tok, entropy)
+                    self._accumulate(per_key, batch, mask, loss_tok, weights, clipped, logp, old_lp, kl_tok,
+                                     entropy.detach() if entropy is not None else None)
             if nonfinite:
                 self.optimizer.zero_grad(set_to_none=True)
                 break

@@ -100,3 +100,27 @@ def test_a_choice_trains_its_probability_among_the_legal_answers(model):
         assert logp[0, 0].item() == pytest.approx(expected[2].item(), abs=1e-4)
         assert entropy[0, 0].item() == pytest.approx(-(expected.exp() * expected).sum().item(), abs=1e-4)
         assert logp[1][mask[1]].tolist() == pytest.approx(full_pass(model, free).tolist(), abs=1e-4)
+
+
+def test_entropy_bonus_spreads_a_choice(model):
+    import copy
+
+    from rolekit.config import AlgorithmConfig
+    from rolekit.learner import Learner, policy_logprobs
+
+    model = copy.deepcopy(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    answers = ((40,), (50,), (60,))
+    batch = [Sample(game="g", role="r", prompt_ids=(11, 12, 13), completion_ids=a, logprobs=(-1.1,), advantage=0.0,
+                    choice_ids=answers) for a in answers]
+
+    def entropy():
+        with torch.no_grad():
+            return policy_logprobs(model, batch[:1], "cpu", with_entropy=True)[2][0, 0].item()
+
+    before = entropy()
+    learner = Learner(model, params, AlgorithmConfig(lr=1e-3, entropy_coef=1.0), device="cpu")
+    for _ in range(5):
+        learner.step(batch, 1)
+    assert entropy() > before + 0.1  # advantages are 0: only the bonus moves the policy
+    assert entropy() <= torch.log(torch.tensor(3.0)).item() + 1e-6
