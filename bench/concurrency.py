@@ -6,9 +6,12 @@ batched call. This plays Kuhn Poker self-play (the policy in both seats) through
 same Scheduler at C = 1, 8, 32, 64 -- interleaved round by round -- and reports
 episodes/s at each C relative to C = 1.
 
-It also reports the tokens the model processed (prompt + generated) per second and the
-matmul rate they imply (2 x parameters FLOPs a token): on a CPU the prompts'
-prefill is already compute-bound at C = 1, which caps what batching can gain there.
+It also reports the tokens the model processed (prompt + generated) per second, the
+matmul rate they imply (2 x parameters FLOPs a token), and what a plain matmul of the
+model's widths reaches on this machine: on a CPU the prompts' prefill (most of the
+processed tokens: a terse Kuhn answer is ~5 tokens after a ~100-token prompt) is
+already a batched matmul at C = 1, so batching games can only raise that rate to the
+machine's ceiling -- on 2 cores that is less than 2x, whatever C is.
 
     python bench/concurrency.py --quick
     python bench/concurrency.py                  # full: embedded model
@@ -24,6 +27,30 @@ import torch
 from harness import emit, median, options, ratio, say, setup, side_by_side
 
 GOAL = 8.0
+
+
+def matmul_gflops(model, device: str, rows: int = 2048) -> float:
+    """What this machine's matmuls reach at the model's widths: (rows x hidden) @ (hidden x
+    intermediate), the shape of a batched prefill's MLP -- the ceiling batching can approach."""
+    import time
+
+    from harness import sync
+
+    config = model.config
+    hidden = config.hidden_size
+    inner = getattr(config, "intermediate_size", 4 * hidden)
+    dtype = next(model.parameters()).dtype
+    a = torch.randn(rows, hidden, device=device, dtype=dtype)
+    b = torch.randn(hidden, inner, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < 1.0:
+        a @ b
+        n += 1
+    sync(device)
+    return 2 * rows * hidden * inner * n / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -75,6 +102,8 @@ def main() -> None:
             return episodes
         return run
 
+    peak = matmul_gflops(loaded.model, args.device)
+    say(f"matmul rate of this machine at the model's widths: {peak:.1f} GFLOP/s")
     contenders = {f"C={c}": contender(c, n) for c, n in zip(levels, counts)}
     say(f"{game.name} self-play on {model_name}: C = {levels}, episodes {counts}, {repeats} rounds")
     contenders[f"C={levels[0]}"]()  # warm-up
@@ -92,10 +121,13 @@ def main() -> None:
             "processed_tokens_per_s": s["processed_tokens"] / seconds,
             "gflops": 2 * n_params * s["processed_tokens"] / seconds / 1e9,
         }
+        per_c[str(c)]["fraction_of_matmul_rate"] = per_c[str(c)]["gflops"] / peak
         say(f"C={c}: {per_c[str(c)]}")
     top = str(levels[-1])
     emit("concurrency", per_c[top]["speedup"], GOAL, f"episodes/s at C={top} / at C={levels[0]}",
          model=model_name, game=game.name, repeats=repeats, quick=args.quick, parameters=n_params,
+         matmul_gflops=peak, processed_tokens_per_generated=stats[levels[0]]["processed_tokens"] /
+         max(stats[levels[0]]["generated_tokens"], 1),
          by_concurrency=per_c, machine=info)
 
 
