@@ -132,6 +132,13 @@ def _information_sets(game) -> Mapping[str, tuple[Any, str]]:
     return sets()
 
 
+def _answer_start(game, state, role) -> str:
+    """What the game's answers start with at this state (lead + prefix), as the sampler sees it."""
+    if hasattr(game, "answer_start"):
+        return game.answer_start(state, role)
+    return getattr(game, "answer_prefix", "")
+
+
 def answer_ids(chat, text: str) -> tuple[int, ...]:
     """The tokens of an assistant answer ``text`` (without the end-of-turn token)."""
     return tuple(chat.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -177,7 +184,8 @@ def exact_action_logprobs(model, chat, game, *, batch_size: int = 8,
     if choose:  # the sampler scores exactly the tokens of each legal answer (after the prefix)
         stop_ids = []
     for key, (state, role) in sets.items():
-        prompt = chat.encode(game.messages(state, role)) + (answer_ids(chat, prefix) if prefix else ())
+        start = _answer_start(game, state, role)
+        prompt = chat.encode(game.messages(state, role)) + (answer_ids(chat, start) if start else ())
         for action in game.legal_actions(state):
             answer = game.format_action(action)
             if not (answer.startswith(prefix) and answer.endswith(stop)):
@@ -220,16 +228,16 @@ def sampled_policy_table(backend, chat, game, *, samples: int, temperature: floa
     sets = _information_sets(game)
     requests, owners = [], []
     for key, (state, role) in sets.items():
-        prefix = getattr(game, "answer_prefix", "")
-        ids = chat.encode(game.messages(state, role)) + (answer_ids(chat, prefix) if prefix else ())
+        start = _answer_start(game, state, role)
+        ids = chat.encode(game.messages(state, role)) + (answer_ids(chat, start) if start else ())
         for _ in range(samples):
             requests.append(GenerationRequest(prompt_ids=ids, max_new_tokens=game.max_new_tokens,
                                               temperature=temperature))
             owners.append(key)
     counts: dict[str, Counter] = {key: Counter() for key in sets}
     for key, gen in zip(owners, backend.generate(requests)):
-        state, _ = sets[key]
-        text = getattr(game, "answer_prefix", "") + chat.decode(gen.completion_ids)
+        state, role = sets[key]
+        text = _answer_start(game, state, role) + chat.decode(gen.completion_ids)
         counts[key][game.parse_action(state, text)] += 1
     return _frequencies(game, sets, counts)
 

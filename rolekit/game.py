@@ -104,6 +104,18 @@ class TurnBasedGame(Game):
         self.answer_stop = answer_stop if answer_stop is not None else ("]" if terse else "")
         self.choose = choose
 
+    def answer_lead(self, state: Any, role: str) -> str:
+        """Terse mode: text the game writes at the start of the answer, before
+        ``answer_prefix`` -- a recap of what the decision hinges on, put where the model
+        decides (default: none). A small model attends to the last tokens far more than to
+        a fact forty tokens back: Kuhn Poker's "K: [" is what lets SmolLM2-135M learn play
+        that depends on its card at all (BENCHMARKS.md)."""
+        return ""
+
+    def answer_start(self, state: Any, role: str) -> str:
+        """Everything the answer starts with: ``answer_lead`` + ``answer_prefix``."""
+        return (self.answer_lead(state, role) if self.mode == "terse" else "") + self.answer_prefix
+
     # --- rules: implemented by each game ------------------------------------------------
 
     def reset(self, rng: random.Random) -> Any:
@@ -185,7 +197,7 @@ class TurnBasedGame(Game):
             text = self.follow_up(state, role) if previous is not None else self.messages(state, role)
             choices = [self.format_action(a)[len(self.answer_prefix):] for a in move.legal_actions] \
                 if self.choose else ()
-            [turn] = await table.ask(role, text, after=previous, info=move, prefix=self.answer_prefix,
+            [turn] = await table.ask(role, text, after=previous, info=move, prefix=self.answer_start(state, role),
                                      stop=self.answer_stop, choices=choices, max_new_tokens=self.max_new_tokens)
             last_turn[role] = turn
             action = self.parse_action(state, turn.text)

@@ -67,14 +67,22 @@ def _describe(history: str) -> list[str]:
 
 
 class KuhnPoker(TurnBasedGame):
-    """Kuhn Poker (OpenSpiel rules), optionally several rounds."""
+    """Kuhn Poker (OpenSpiel rules), optionally several rounds.
+
+    ``recap`` (terse mode, default on): the answer starts with the player's card, e.g.
+    ``K: [call]`` -- the game writes ``K: [`` and the model the move. SmolLM2-135M cannot
+    learn card-dependent play when the card is only stated in the prompt (its choice at
+    the answer position barely depends on it, even under supervised targets); with the
+    card restated at the answer it can (BENCHMARKS.md, "Why the card is restated").
+    """
 
     name = "kuhn_poker"
     description = "Kuhn Poker, OpenSpiel rules (bets go into the pot): check, bet, fold, call; rounds option."
     roles = (Role("player_0", "acts first in round 1"), Role("player_1", "acts second in round 1"))
 
-    def __init__(self, *, rounds: int = 1, scoring: str = "chips", **options: Any):
+    def __init__(self, *, rounds: int = 1, scoring: str = "chips", recap: bool = True, **options: Any):
         super().__init__(**options)
+        self.recap = recap
         if not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
         if scoring not in SCORING:
@@ -182,6 +190,11 @@ class KuhnPoker(TurnBasedGame):
         else:
             lines.append(f"No moves yet this round. Pot: {pot} chips.")
         return "\n".join(lines)
+
+    def answer_lead(self, state: KuhnState, role: str) -> str:
+        if not self.recap or state.over:
+            return ""
+        return f"{CARDS[state.deals[state.round][int(role.rsplit('_', 1)[1])]]}: "
 
     # --- exact evaluation ---------------------------------------------------------------
 

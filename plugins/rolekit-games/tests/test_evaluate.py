@@ -47,7 +47,8 @@ def test_exact_policy_table_normalises_answer_likelihoods(tiny, tiny_chat):
     # One information set by hand: the prompt ends with the answer prefix "[", the answer is
     # the move's tokens, then any token starting with the stop text "]" ends it.
     state, role = game.information_sets()["Qb"]
-    prompt = tiny_chat.encode(game.messages(state, role)) + tiny_chat.text_ids("[")
+    prompt = tiny_chat.encode(game.messages(state, role)) + tiny_chat.text_ids(game.answer_start(state, role))
+    assert game.answer_start(state, role) == "Q: ["  # the card restated where the model decides
     vocab = tiny_chat.tokenizer.convert_ids_to_tokens(list(range(len(tiny_chat.tokenizer))))
     closing = sorted(i for i, t in enumerate(vocab) if tiny_chat.tokenizer.convert_tokens_to_string([t]).startswith("]"))
     assert closing and all("]" in tiny_chat.decode([i]) for i in closing)
@@ -148,10 +149,11 @@ def test_bad_names_are_one_line_errors(kernel, kwargs, match):
 def test_untrained_embedded_model_exploitability(kernel):
     """The untrained SmolLM2-135M-Instruct (terse, exact) plays without looking at its card.
 
-    Its exploitability (recorded in BENCHMARKS.md) is far from Nash, and its action
-    probabilities barely differ between J, Q and K at the same history.
+    Its exploitability (recorded in BENCHMARKS.md) is far from Nash, and with the card
+    stated only in the prompt (``recap=False``) its action probabilities barely differ
+    between J, Q and K at the same history.
     """
-    game = KuhnPoker()
+    game = KuhnPoker(recap=False)
     policy = evaluate.load_policy(kernel, game, "smollm2-135m-instruct")
     out = evaluate.strategy(game, policy)
     assert 0.2 < out["exploitability"] < 1.0
