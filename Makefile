@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PLUGINS = plugins/rolekit-games
 STAMP   = $(VENV)/.rolekit-installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-full clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,7 @@ test-fast: setup
 ## The quick benchmarks (each under 2 minutes), after installing the bench extra (TRL, matplotlib).
 ## Each prints its figures as one JSON line last and writes bench/out/NAME.json; the full
 ## runs are in BENCHMARKS.md. On a GPU: make bench BENCH_ARGS="--device cuda"
-BENCHES ?= rollout concurrency learner vs_trl learning
+BENCHES ?= rollout concurrency learner choose vs_trl learning
 BENCH_STAMP = $(VENV)/.rolekit-bench-installed
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
@@ -46,6 +46,12 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: setup $(BENCH_STAMP)
 	@set -e; for b in $(BENCHES); do echo "== bench/$$b.py --quick $(BENCH_ARGS)" >&2; \
 		$(BIN)/python bench/$$b.py --quick $(BENCH_ARGS); done
+
+## The full modes (what BENCHMARKS.md records; tens of minutes on 2 cores; learning.py is
+## left out: it trains for as long as you give it, see BENCHMARKS.md).
+bench-full: setup $(BENCH_STAMP)
+	@set -e; for b in rollout concurrency learner choose vs_trl; do echo "== bench/$$b.py $(BENCH_ARGS)" >&2; \
+		$(BIN)/python bench/$$b.py $(BENCH_ARGS); done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -13,6 +13,10 @@ directories beside them).
     python bench/learning.py --steps 3                    # a short real run
     python bench/learning.py --minutes 60                 # what BENCHMARKS.md records
     python bench/learning.py --config examples/kuhn_poker.toml --set algorithm.lr=3e-5
+    python bench/learning.py --from-runs runs/kuhn,runs/ttt --untrained 0.366,0.53   # plot finished runs
+
+``--from-runs`` reads the curves of finished ``rolekit train`` runs instead of training;
+their untrained values (step 0) are then given by ``--untrained`` (from ``rolekit eval``).
 
 ``--config`` defaults to examples/kuhn_poker.toml where it exists (else a built-in
 config), ``--tictactoe-config`` to examples/tictactoe.toml likewise. ``--steps`` and
@@ -159,6 +163,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="cap on steps (default: the config's)")
     parser.add_argument("--minutes", type=float, default=None, help="cap on training minutes per run")
     parser.add_argument("--skip-tictactoe", action="store_true")
+    parser.add_argument("--from-runs", default=None, metavar="KUHN_DIR[,TTT_DIR]",
+                        help="plot finished rolekit train runs instead of training")
+    parser.add_argument("--untrained", default=None, metavar="EXPLOITABILITY[,WIN]",
+                        help="with --from-runs: the untrained model's Kuhn exploitability and TicTacToe win rate")
     args = parser.parse_args()
     info = setup(args)
     overrides = (QUICK if args.quick else []) + (
@@ -171,7 +179,17 @@ def main() -> None:
     device = args.device if args.device != "cpu" else None
 
     results = {}
-    runs = [("kuhn", kuhn_path, BUILTIN["kuhn"])] + ([] if args.skip_tictactoe else [
+    if args.from_runs:
+        dirs = args.from_runs.split(",")
+        untrained = [float(v) for v in args.untrained.split(",")] if args.untrained else []
+        for i, (name, d) in enumerate(zip(("kuhn", "tictactoe"), dirs)):
+            lines = [json.loads(line) for line in (Path(d) / "metrics.jsonl").read_text().splitlines()]
+            if i < len(untrained):
+                key = "exploitability" if name == "kuhn" else "random"
+                value = {"exploitability": untrained[i]} if name == "kuhn" else {"win": untrained[i]}
+                lines.insert(0, {"step": 0, "elapsed": 0.0, "eval": {name: {key: value}}})
+            results[name] = {"config": str(Path(d) / "config.toml"), "model": "from run", **curves(lines)}
+    runs = [] if args.from_runs else [("kuhn", kuhn_path, BUILTIN["kuhn"])] + ([] if args.skip_tictactoe else [
         ("tictactoe", ttt_path, BUILTIN["tictactoe"])])
     for name, path, builtin in runs:
         config, source = load_config(path, builtin, overrides)
