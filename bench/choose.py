@@ -34,12 +34,12 @@ GOAL = 1.5
 
 def main() -> None:
     parser = options(__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=None, help="episodes per game (default 16; quick 4)")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes per game (default 8; quick 4)")
     args = parser.parse_args()
     info = setup(args)
     model_name = args.model or ("tiny-random" if args.quick else "smollm2-135m-instruct")
-    repeats = args.repeats or (2 if args.quick else 3)
-    episodes = args.episodes or (4 if args.quick else 16)
+    repeats = args.repeats or 2
+    episodes = args.episodes or (4 if args.quick else 8)
 
     from rolekit.backends.hf import HFBackend, teacher_forced
     from rolekit.chat import ChatTokenizer
