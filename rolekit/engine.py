@@ -504,7 +504,11 @@ def _jsonable(x):
 
 
 def _status(m: dict) -> str:
-    parts = [f"{m['episodes_per_s']:.1f} ep/s", f"{m['tokens_per_s']:.0f} tok/s"]
+    parts = [f"{m['episodes_per_s']:.1f} ep/s"]
+    if m["tokens"]:  # constrained choices generate no tokens: show decisions trained per second
+        parts.append(f"{m['tokens_per_s']:.0f} tok/s")
+    elif m.get("seconds"):
+        parts.append(f"{m['samples'] / m['seconds']:.1f} decisions/s")
     for key, row in sorted(m["roles"].items()):
         if "mean_return" in row:
             parts.append(f"{key} R={row['mean_return']:+.2f} inv={row.get('invalid', 0):.2f}")
