@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from rolekit.backends.hf import CACHE_KWARG, share_prompts
+from rolekit.backends.hf import CACHE_KWARG, left_padded, right_padded, share_prompts
 from rolekit.losses import kl_estimate, ppo_clip, token_weights
 from rolekit.types import Sample
 
@@ -170,13 +170,7 @@ def _hidden_shared(decoder: Any, samples: Sequence[Sample], device, t_max: int) 
     prompts = list(dict.fromkeys(tuple(s.prompt_ids) for s in samples))
     row_of = {p: r for r, p in enumerate(prompts)}
     index = torch.tensor([row_of[tuple(s.prompt_ids)] for s in samples])  # (B,)
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)  # (P, W), left-padded
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p)
-        attention[r, width - len(p):] = 1
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    ids, attention, positions = left_padded(prompts)  # (P, W)
     first = decoder(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                     use_cache=t_max > 1)
     # the hidden state before completion token k predicts it: the prompt's last for k = 0 ...
@@ -184,12 +178,7 @@ def _hidden_shared(decoder: Any, samples: Sequence[Sample], device, t_max: int) 
     if t_max > 1:  # ... and completion token k - 1's for k >= 1: run completions[:-1] against the cache
         cache = getattr(first, "cache", None) or first.past_key_values
         cache.reorder_cache(index.to(device))
-        rest = torch.zeros((len(samples), t_max - 1), dtype=torch.long)  # (B, T-1), right-padded
-        rest_mask = torch.zeros((len(samples), t_max - 1), dtype=torch.long)
-        for b, s in enumerate(samples):
-            c = s.completion_ids[:-1]
-            rest[b, : len(c)] = torch.tensor(c, dtype=torch.long)
-            rest_mask[b, : len(c)] = 1
+        rest, rest_mask = right_padded([s.completion_ids[:-1] for s in samples], t_max - 1)  # (B, T-1)
         rest_positions = attention.sum(-1)[index][:, None] + torch.arange(t_max - 1)[None, :]
         later = decoder(input_ids=rest.to(device), attention_mask=torch.cat([attention[index], rest_mask], 1).to(device),
                         position_ids=rest_positions.to(device), use_cache=True,
@@ -236,8 +225,8 @@ class Learner:
         real = sum(s.num_tokens for s in samples)
         old = {i: None for i in range(n_seq)}
         if cfg.recompute_logprobs:
-            old = self._recompute(samples, buckets)
-        ref = self._reference_logprobs(samples, buckets) if cfg.kl_beta > 0 else {}
+            old = self._recompute(samples, buckets, share=share)
+        ref = self._reference_logprobs(samples, buckets, share) if cfg.kl_beta > 0 else {}
         per_key: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         totals = defaultdict(float)
         nonfinite = False
@@ -321,21 +310,21 @@ class Learner:
                 "entropy": stats["entropy"] / n, "approx_kl_old": stats["approx_kl_old"] / n}
 
     @torch.no_grad()
-    def _recompute(self, samples, buckets, model=None) -> dict[int, torch.Tensor]:
+    def _recompute(self, samples, buckets, model=None, *, share: bool | None = None) -> dict[int, torch.Tensor]:
         out = {}
         for bucket in buckets:
             batch = [samples[i] for i in bucket]
-            logp, mask, _ = policy_logprobs(model or self.model, batch, self.device)
+            logp, mask, _ = policy_logprobs(model or self.model, batch, self.device, share=share)
             for j, i in enumerate(bucket):
                 out[i] = logp[j, : trained_positions(samples[i])]
         return out
 
     @torch.no_grad()
-    def _reference_logprobs(self, samples, buckets) -> dict[int, torch.Tensor]:
+    def _reference_logprobs(self, samples, buckets, share: bool | None = None) -> dict[int, torch.Tensor]:
         if self.reference is None:
             raise ValueError("kl_beta > 0 needs a reference policy")
         with self.reference() as reference_model:
-            return self._recompute(samples, buckets, reference_model)
+            return self._recompute(samples, buckets, reference_model, share=share)
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()

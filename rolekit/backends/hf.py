@@ -134,7 +134,7 @@ def teacher_forced(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int
     return out  # type: ignore[return-value]
 
 
-def _left_padded(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_padded(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids, attention mask, position ids), each (B, W), of left-padded sequences."""
     width = max(len(q) for q in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -143,6 +143,17 @@ def _left_padded(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
         ids[row, width - len(q):] = torch.tensor(list(q), dtype=torch.long)
         mask[row, width - len(q):] = 1
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def right_padded(seqs: Sequence[Sequence[int]], width: int, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), each (B, ``width``), of right-padded sequences (continuations
+    run against a KV cache: their positions are given separately)."""
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, q in enumerate(seqs):
+        ids[row, :len(q)] = torch.tensor(list(q), dtype=torch.long)
+        mask[row, :len(q)] = 1
+    return ids, mask
 
 
 def _score_group(model: Any, prompts: Sequence[tuple[int, ...]], items: Sequence[tuple[int, Sequence[int]]], *,
@@ -156,12 +167,12 @@ def _score_group(model: Any, prompts: Sequence[tuple[int, ...]], items: Sequence
     longest = max(len(c) for _, c in items)
     if single_pass:
         keep = longest + 1  # positions predicting a completion token or the stop
-        ids, mask, positions = _left_padded([tuple(prompts[g]) + tuple(c) for g, c in items], pad_id)
+        ids, mask, positions = left_padded([tuple(prompts[g]) + tuple(c) for g, c in items], pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                        logits_to_keep=keep).logits[:, -keep:]  # (N, keep, V)
         rows = [logits[row, keep - len(c) - 1:] for row, (_, c) in enumerate(items)]
     else:
-        ids, mask, positions = _left_padded(prompts, pad_id)
+        ids, mask, positions = left_padded(prompts, pad_id)
         first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                       use_cache=longest > 0, logits_to_keep=1)
         first_logits = first.logits[:, -1]  # (P, V): predicts each completion's first token
@@ -170,11 +181,7 @@ def _score_group(model: Any, prompts: Sequence[tuple[int, ...]], items: Sequence
             index = torch.tensor([g for g, _ in items], dtype=torch.long)
             cache = getattr(first, "cache", None) or first.past_key_values
             cache.reorder_cache(index.to(device))  # one cache row per item
-            comp = torch.full((len(items), longest), pad_id, dtype=torch.long)  # (N, C), right-padded
-            comp_mask = torch.zeros((len(items), longest), dtype=torch.long)
-            for row, (_, c) in enumerate(items):
-                comp[row, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-                comp_mask[row, :len(c)] = 1
+            comp, comp_mask = right_padded([c for _, c in items], longest, pad_id)  # (N, C)
             comp_positions = mask.sum(-1)[index][:, None] + torch.arange(longest)[None, :]
             later = model(input_ids=comp.to(device), attention_mask=torch.cat([mask[index], comp_mask], 1).to(device),
                           position_ids=comp_positions.to(device), use_cache=True, **{CACHE_KWARG: cache}).logits
@@ -282,14 +289,8 @@ class HFBackend:
         greedy = first.temperature <= 0
         temperature = 1.0 if greedy else float(first.temperature)
 
-        # Left-pad the prompts.  (B, P)
-        width = max(len(r.prompt_ids) for r in batch)
-        input_ids = torch.full((len(batch), width), self.chat.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, request in enumerate(batch):
-            n = len(request.prompt_ids)
-            input_ids[row, width - n :] = torch.tensor(request.prompt_ids, dtype=torch.long)
-            attention_mask[row, width - n :] = 1
+        input_ids, attention_mask, _ = left_padded([r.prompt_ids for r in batch], self.chat.pad_id)  # (B, P)
+        width = input_ids.shape[1]
 
         max_new_tokens = max(r.max_new_tokens for r in batch)
         # Sampling knobs are passed explicitly: transformers 5 fills unset ones from the
