@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from harness import emit, median, options, ratio, say, setup, side_by_side
+from harness import default_model, emit, median, options, ratio, say, setup, side_by_side
 
 GAMES = ("kuhn_poker", "tictactoe")
 GOAL = 1.5
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=None, help="episodes per game (default 8; quick 4)")
     args = parser.parse_args()
     info = setup(args)
-    model_name = args.model or ("tiny-random" if args.quick else "smollm2-135m-instruct")
+    model_name = default_model(args)
     repeats = args.repeats or 2
     episodes = args.episodes or (4 if args.quick else 8)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from harness import emit, median, options, ratio, say, setup, side_by_side
+from harness import default_model, emit, median, options, ratio, say, setup, side_by_side
 
 GOAL = 8.0
 
@@ -62,7 +62,7 @@ def main() -> None:
                              "at least 4)")
     args = parser.parse_args()
     info = setup(args)
-    model_name = args.model or ("tiny-random" if args.quick else "smollm2-135m-instruct")
+    model_name = default_model(args)
     repeats = args.repeats or (2 if args.quick else 3)
     levels = [int(c) for c in args.concurrency.split(",")]
     if args.episodes:

@@ -43,6 +43,11 @@ def options(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def default_model(args: argparse.Namespace) -> str:
+    """--model, else tiny-random in quick mode and the embedded default in full mode."""
+    return args.model or ("tiny-random" if args.quick else "smollm2-135m-instruct")
+
+
 def setup(args: argparse.Namespace) -> dict[str, Any]:
     """Apply --threads and --seed; return the machine description for the JSON line."""
     import torch

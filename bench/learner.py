@@ -33,7 +33,7 @@ import random
 
 import torch
 
-from harness import emit, median, options, ratio, say, setup, side_by_side
+from harness import default_model, emit, median, options, ratio, say, setup, side_by_side
 
 GOAL = 0.85
 GAMES = ("kuhn_poker", "tictactoe", "negotiation")
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args()
     info = setup(args)
-    model_name = args.model or ("tiny-random" if args.quick else "smollm2-135m-instruct")
+    model_name = default_model(args)
     count = args.samples or (24 if args.quick else 32)
     repeats = args.repeats or 3
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from harness import emit, median, options, ratio, say, setup, side_by_side
+from harness import default_model, emit, median, options, ratio, say, setup, side_by_side
 
 GAMES = ("kuhn_poker", "tictactoe", "negotiation")
 GOAL = 0.9
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="skip the model.generate contender")
     args = parser.parse_args()
     info = setup(args)
-    model_name = args.model or ("tiny-random" if args.quick else "smollm2-135m-instruct")
+    model_name = default_model(args)
     episodes = args.episodes or (16 if args.quick else 32)
     repeats = args.repeats or 3
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from harness import emit, median, options, say, setup, sync
+from harness import default_model, emit, median, options, say, setup, sync
 
 GOAL = 3.0
 PROMPTS_PER_STEP, GENERATIONS, MAX_TOKENS, LR = 2, 8, 32, 1e-5
@@ -200,7 +200,7 @@ def main() -> None:
                         help="keep TRL's defaults bf16=True and gradient_checkpointing=True")
     args = parser.parse_args()
     info = setup(args)
-    model_name = args.model or ("tiny-random" if args.quick else "smollm2-135m-instruct")
+    model_name = default_model(args)
     steps = args.steps or (3 if args.quick else 8)
 
     import transformers
