@@ -6,7 +6,9 @@ teacher forcing. A profile of the TicTacToe example's rollout showed this scorin
 slowest path in training: the first version ran prompt + answer once per legal answer,
 recomputing the same prompt k times (k = 2 in Kuhn Poker, up to 9 in TicTacToe).
 ``rolekit.backends.hf.teacher_forced`` now runs each distinct prompt once into a KV cache
-and the k answers against it.
+and the k answers against it; and a batch of prompts runs their shared header (chat
+template + rules, about half of a TicTacToe prompt) once (``header_once_ratio``: against
+the same pass computing the header per prompt).
 
 This plays episodes of each game with the policy choosing, records the (prompt, answer)
 pairs the backend was asked to score, and scores them side by side both ways
@@ -41,6 +43,7 @@ def main() -> None:
     repeats = args.repeats or 2
     episodes = args.episodes or (4 if args.quick else 8)
 
+    from rolekit.backends import hf
     from rolekit.backends.hf import HFBackend, teacher_forced
     from rolekit.chat import ChatTokenizer
     from rolekit.models import load_model
@@ -81,9 +84,18 @@ def main() -> None:
                 return n_pairs
             return run
 
+        def no_prefix(pairs):  # each distinct prompt in full: the shared header recomputed per prompt
+            saved, hf.MIN_SHARED_PREFIX = hf.MIN_SHARED_PREFIX, 10**9
+            try:
+                return teacher_forced(backend.model, pairs, pad_id=chat.pad_id, batch_size=backend.max_batch_size,
+                                      share=True)
+            finally:
+                hf.MIN_SHARED_PREFIX = saved
+
         contenders = {
             "shared prompt": contender("shared", lambda p: teacher_forced(
                 backend.model, p, pad_id=chat.pad_id, batch_size=backend.max_batch_size, share=True)),
+            "shared prompt, header per prompt": contender("no_prefix", no_prefix),
             "full passes": contender("full", lambda p: teacher_forced(
                 backend.model, p, pad_id=chat.pad_id, batch_size=backend.max_batch_size, share=False)),
         }
@@ -93,6 +105,7 @@ def main() -> None:
             "pairs": n_pairs, "distinct_prompts": distinct, "calls": len(calls),
             "pairs_per_s": {k: median(v) for k, v in rates.items()},
             "ratio": ratio(rates["shared prompt"], rates["full passes"]), "max_abs_logprob_diff": diff,
+            "header_once_ratio": ratio(rates["shared prompt"], rates["shared prompt, header per prompt"]),
         }
         say(f"{name}: {per_game[name]}")
     emit("choose", min(g["ratio"] for g in per_game.values()), GOAL,

@@ -73,7 +73,7 @@ def game_samples(kernel, chat, count: int, seed: int, max_new_tokens: int):
 
 def bare_step(model, optimizer, params, samples, buckets, device, *, gather: bool, max_new_tokens: int) -> None:
     """One optimizer step of a plain policy-gradient loss, written the straightforward way."""
-    from rolekit.learner import split_model
+    from rolekit.backends.hf import split_model
 
     decoder, head = split_model(model)
     optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from rolekit.backends.hf import CACHE_KWARG, left_padded, right_padded, share_prompts
+from rolekit.backends.hf import run_continuations, run_prompts, share_prompts, shared_prefix, split_model
 from rolekit.losses import kl_estimate, ppo_clip, token_weights
 from rolekit.types import Sample
 
@@ -17,21 +17,33 @@ from rolekit.types import Sample
 def micro_batches(samples: Sequence[Sample], max_tokens: int, shared: bool = True) -> list[list[int]]:
     """Indices of ``samples`` in buckets of at most ``max_tokens`` computed tokens.
 
-    A bucket computes each distinct prompt once (padded to its longest prompt) and each
-    completion once (padded to its longest completion): see ``bucket_cost``. Samples are
-    ordered by prompt length, then prompt, then completion length, so samples sharing a
-    prompt land together and padding stays small; a single sample over the budget gets a
-    bucket of its own.
+    A bucket computes its prompts' shared prefix once, each distinct prompt's rest once
+    (padded to the longest) and each completion once (padded to the longest): see
+    ``bucket_cost``. ``shared``: samples are ordered by prompt tokens, so samples sharing a
+    prompt or a header land together; otherwise by prompt length, so padding stays small;
+    then by completion length. A shared bucket ends where the next sample shares nothing
+    with it (another game or role); a single sample over the budget gets a bucket of its own.
     """
-    order = sorted(range(len(samples)), key=lambda i: (len(samples[i].prompt_ids), samples[i].prompt_ids,
-                                                       len(samples[i].completion_ids)))
+    def key(i: int):
+        s = samples[i]
+        if shared:  # in token order: neighbours share the longest prefixes (header, rules, identical prompts)
+            return s.prompt_ids, len(s.completion_ids)
+        return len(s.prompt_ids), s.prompt_ids, len(s.completion_ids)
+
+    order = sorted(range(len(samples)), key=key)
     buckets: list[list[int]] = []
     current: list[int] = []
+    cost = 0  # real tokens of current
     for i in order:
-        if current and bucket_cost([samples[j] for j in current + [i]], shared)[1] > max_tokens:
+        real, padded = bucket_cost([samples[j] for j in current + [i]], shared)
+        alone = bucket_cost([samples[i]], shared)[0]
+        # shared: a sample that shares nothing with the bucket (another game or role) starts
+        # the next one rather than cost the bucket its common prefix
+        if current and (padded > max_tokens or (shared and real - cost >= alone)):
             buckets.append(current)
-            current = []
+            current, real = [], alone
         current.append(i)
+        cost = real
     if current:
         buckets.append(current)
     return buckets
@@ -48,14 +60,15 @@ def trained_positions(s: Sample) -> int:
 
 
 def bucket_cost(batch: Sequence[Sample], shared: bool = True) -> tuple[int, int]:
-    """(real, padded) tokens one micro-batch computes: distinct prompts + completions
-    (``shared``), or every prompt + completion in full."""
+    """(real, padded) tokens one micro-batch computes: the shared prefix once, the rest of
+    each distinct prompt, and the completions (``shared``); or every prompt + completion in full."""
     rows = [(s.prompt_ids, c) for s in batch for c in completions(s)]
     if not shared:
         return sum(len(p) + len(c) for p, c in rows), len(rows) * max(len(p) + len(c) for p, c in rows)
-    prompts = {tuple(s.prompt_ids) for s in batch}
-    real = sum(len(p) for p in prompts) + sum(len(c) for _, c in rows)
-    padded = len(prompts) * max(len(p) for p in prompts) + len(rows) * max(len(c) for _, c in rows)
+    prompts = list({tuple(s.prompt_ids) for s in batch})
+    common = shared_prefix(prompts)
+    real = common + sum(len(p) - common for p in prompts) + sum(len(c) for _, c in rows)
+    padded = common + len(prompts) * (max(len(p) for p in prompts) - common) + len(rows) * max(len(c) for _, c in rows)
     return real, padded
 
 
@@ -98,16 +111,6 @@ def policy_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entro
         out_entropy.append(torch.nn.functional.pad(ent, (0, t_max - n)))
     return (torch.stack(out_logp), torch.stack(out_mask),
             torch.stack(out_entropy) if with_entropy else None)
-
-
-def split_model(model: Any) -> tuple[Any, Any]:
-    """(decoder returning hidden states, lm_head) of a causal LM, peft-wrapped or not.
-
-    The learner applies the LM head only at completion positions: the full (B, L, V)
-    logits of a 49k-token vocabulary would dominate memory.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
 
 
 def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entropy: bool = False,
@@ -166,23 +169,17 @@ def _hidden_full(decoder: Any, samples: Sequence[Sample], device, t_max: int) ->
 
 
 def _hidden_shared(decoder: Any, samples: Sequence[Sample], device, t_max: int) -> torch.Tensor:
-    """(B, T, H) as ``_hidden_full``, running each distinct prompt once into a KV cache."""
+    """(B, T, H) as ``_hidden_full``, running each distinct prompt once (their shared
+    prefix once for all) into a KV cache and the completions against it."""
     prompts = list(dict.fromkeys(tuple(s.prompt_ids) for s in samples))
     row_of = {p: r for r, p in enumerate(prompts)}
     index = torch.tensor([row_of[tuple(s.prompt_ids)] for s in samples])  # (B,)
-    ids, attention, positions = left_padded(prompts)  # (P, W)
-    first = decoder(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-                    use_cache=t_max > 1)
+    prompt_pass = run_prompts(decoder, prompts, device, use_cache=t_max > 1)
     # the hidden state before completion token k predicts it: the prompt's last for k = 0 ...
-    hidden = first.last_hidden_state[:, -1][index.to(device)][:, None]  # (B, 1, H)
+    hidden = prompt_pass.last[index.to(device)][:, None]  # (B, 1, H)
     if t_max > 1:  # ... and completion token k - 1's for k >= 1: run completions[:-1] against the cache
-        cache = getattr(first, "cache", None) or first.past_key_values
-        cache.reorder_cache(index.to(device))
-        rest, rest_mask = right_padded([s.completion_ids[:-1] for s in samples], t_max - 1)  # (B, T-1)
-        rest_positions = attention.sum(-1)[index][:, None] + torch.arange(t_max - 1)[None, :]
-        later = decoder(input_ids=rest.to(device), attention_mask=torch.cat([attention[index], rest_mask], 1).to(device),
-                        position_ids=rest_positions.to(device), use_cache=True,
-                        **{CACHE_KWARG: cache}).last_hidden_state  # (B, T-1, H)
+        later = run_continuations(decoder, prompt_pass, index, [s.completion_ids[:-1] for s in samples], t_max - 1,
+                                  device)  # (B, T-1, H)
         hidden = torch.cat([hidden, later], 1)  # (B, T, H)
     return hidden
 
@@ -216,8 +213,10 @@ class Learner:
         Non-finite losses skip the update (metrics carry ``nonfinite=True``).
         """
         cfg = self.cfg
-        share = share_prompts(self.device, bucket_cost(samples, shared=False)[0], bucket_cost(samples)[0])
-        buckets = micro_batches(samples, cfg.micro_batch_tokens, share)
+        shared_buckets = micro_batches(samples, cfg.micro_batch_tokens, shared=True)
+        shared_cost = sum(bucket_cost([samples[i] for i in b])[0] for b in shared_buckets)
+        share = share_prompts(self.device, bucket_cost(samples, shared=False)[0], shared_cost)
+        buckets = shared_buckets if share else micro_batches(samples, cfg.micro_batch_tokens, shared=False)
         n_seq = len(samples)
         n_tok = sum(trained_positions(s) for s in samples)
         costs = [bucket_cost([samples[i] for i in b], share) for b in buckets]

@@ -9,6 +9,7 @@ import peft
 import pytest
 import torch
 
+from rolekit.backends.hf import MIN_SHARED_PREFIX, shared_prefix
 from rolekit.learner import bucket_cost, completion_logprobs, micro_batches
 from rolekit.models import TINY, load_model
 from rolekit.types import Sample
@@ -24,9 +25,11 @@ def model():
     return peft.get_peft_model(lm.model, config)
 
 
-def samples(n=9, seed=0):
+def samples(n=9, seed=0, header=0):
+    """``n`` samples over 3 prompts; with ``header``, the prompts start with that many shared tokens."""
     rng = random.Random(seed)
-    prompts = [[rng.randrange(5, 200) for _ in range(k)] for k in (7, 12, 3)]
+    common = [rng.randrange(5, 200) for _ in range(header)]
+    prompts = [common + [rng.randrange(5, 200) for _ in range(k)] for k in (7, 12, 3)]
     out = []
     for i in range(n):
         c = [rng.randrange(5, 200) for _ in range(rng.choice([1, 2, 5]))]
@@ -43,9 +46,11 @@ def full_pass(model, s):
     return logp[torch.arange(len(s.completion_ids)), torch.tensor(s.completion_ids)]
 
 
-@pytest.mark.parametrize("share", [True, False], ids=["shared", "single-pass"])
-def test_forward_equals_one_full_pass_per_sample_values_and_gradients(model, share):
-    batch = samples()
+@pytest.mark.parametrize("share,header", [(True, 0), (True, 20), (False, 20)],
+                         ids=["shared", "shared-prefix", "single-pass"])
+def test_forward_equals_one_full_pass_per_sample_values_and_gradients(model, share, header):
+    batch = samples(header=header)
+    assert shared_prefix(list({s.prompt_ids for s in batch})) == header  # 0: the prompts run left-padded
     params = [p for p in model.parameters() if p.requires_grad]
     weights = [random.Random(i).uniform(0.5, 2) for i in range(len(batch))]
 
@@ -124,3 +129,22 @@ def test_entropy_bonus_spreads_a_choice(model):
         learner.step(batch, 1)
     assert entropy() > before + 0.1  # advantages are 0: only the bonus moves the policy
     assert entropy() <= torch.log(torch.tensor(3.0)).item() + 1e-6
+
+
+def test_shared_prefix_leaves_each_prompt_a_token_and_skips_short_ones():
+    header = tuple(range(10, 10 + MIN_SHARED_PREFIX))
+    assert shared_prefix([header + (1, 2), header + (1, 3)]) == MIN_SHARED_PREFIX + 1
+    assert shared_prefix([header, header + (5,)]) == 0  # capped at 15 (the first keeps a token): too short
+    assert shared_prefix([header[:-1] + (1,), header[:-1] + (2,)]) == 0  # too short to pay for its own pass
+    assert shared_prefix([header + (1,)]) == 0  # one prompt: nothing to share
+
+
+def test_micro_batches_count_a_shared_header_once():
+    batch = samples(30, header=40)
+    buckets = micro_batches(batch, 80)
+    assert sorted(i for b in buckets for i in b) == list(range(30))
+    for b in buckets:
+        cost = bucket_cost([batch[i] for i in b])
+        assert cost[1] <= 80 or len(b) == 1
+    # two prompts with a 40-token header and a few tokens each fit a bucket of 80 only if the header counts once
+    assert any(len({batch[i].prompt_ids for i in b}) > 1 for b in buckets)

@@ -15,8 +15,9 @@ distribution actually sampled from; that is the usual (SPIRAL, TRL) convention.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -86,6 +87,85 @@ def share_prompts(device: Any, full_tokens: int, shared_tokens: int) -> bool:
     return torch.device(device).type == "cpu" and shared_tokens <= 0.75 * full_tokens
 
 
+MIN_SHARED_PREFIX = 16  # tokens: a shorter common prefix is not worth its own pass
+
+
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all ``prompts`` share (each keeps at least one of its own),
+    or 0 when that is under ``MIN_SHARED_PREFIX`` or there is only one prompt.
+
+    A game's prompts start with the same chat header and rules (TicTacToe: ~110 of ~230
+    tokens), so a batch computes them once instead of once per prompt.
+    """
+    if len(prompts) < 2:
+        return 0
+    common = len(os.path.commonprefix([tuple(p) for p in prompts]))  # of the min and max: of all
+    common = min(common, min(len(p) for p in prompts) - 1)
+    return common if common >= MIN_SHARED_PREFIX else 0
+
+
+def split_model(model: Any) -> tuple[Any, Any]:
+    """(decoder returning hidden states, lm_head) of a causal LM, peft-wrapped or not.
+
+    Callers apply the LM head only where they need logits: the full (B, L, V) logits of
+    a 49k-token vocabulary would dominate memory.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+class PromptPass(NamedTuple):
+    """Distinct prompts run once (``run_prompts``), ready for continuations against their cache."""
+
+    last: torch.Tensor  # (P, H) hidden state at each prompt's last token (it predicts the next)
+    cache: Any  # KV cache with one row per prompt, or None
+    mask: torch.Tensor  # (P, W) which cache columns hold real tokens (CPU)
+    lengths: torch.Tensor  # (P,) tokens in each prompt: the position of the next one (CPU)
+
+
+def run_prompts(decoder: Any, prompts: Sequence[Sequence[int]], device: Any, *, use_cache: bool,
+                pad_id: int = 0) -> PromptPass:
+    """One forward pass over distinct ``prompts`` (with explicit position ids, so padding
+    changes nothing). Their ``shared_prefix`` runs once, as a single row whose KV cache is
+    broadcast to every prompt, and only the rest of each prompt (right-padded) runs per
+    prompt; without one, the prompts run left-padded. Gradients flow back through the
+    cache into the prefix: the same values and gradients as one pass per prompt (tested).
+    """
+    common = shared_prefix(prompts)
+    lengths = torch.tensor([len(p) for p in prompts])
+    if not common:
+        ids, mask, positions = left_padded(prompts, pad_id)
+        out = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                      use_cache=use_cache)
+        return PromptPass(out.last_hidden_state[:, -1], _cache(out) if use_cache else None, mask, lengths)
+    head = decoder(input_ids=torch.tensor([list(prompts[0][:common])], device=device), use_cache=True)
+    cache = _cache(head)
+    cache.reorder_cache(torch.zeros(len(prompts), dtype=torch.long, device=device))  # (1, c) -> (P, c)
+    rest, rest_mask = right_padded([p[common:] for p in prompts], int(lengths.max()) - common, pad_id)  # (P, S)
+    mask = torch.cat([torch.ones((len(prompts), common), dtype=torch.long), rest_mask], 1)
+    positions = common + torch.arange(rest.shape[1])[None].expand(len(prompts), -1)
+    out = decoder(input_ids=rest.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                  use_cache=True, **{CACHE_KWARG: cache})
+    last = out.last_hidden_state[torch.arange(len(prompts), device=device), (rest_mask.sum(-1) - 1).to(device)]
+    return PromptPass(last, _cache(out) if use_cache else None, mask, lengths)
+
+
+def run_continuations(decoder: Any, prompts: PromptPass, index: torch.Tensor, continuations: Sequence[Sequence[int]],
+                      width: int, device: Any, pad_id: int = 0) -> torch.Tensor:
+    """(N, ``width``, H) hidden states of each continuation, right-padded, run against the
+    cache row ``index[n]`` of ``prompts`` (which this reorders in place: use it once)."""
+    prompts.cache.reorder_cache(index.to(device))  # one cache row per continuation
+    ids, mask = right_padded(continuations, width, pad_id)  # (N, width)
+    positions = prompts.lengths[index][:, None] + torch.arange(width)[None, :]
+    attention = torch.cat([prompts.mask[index], mask], 1)
+    return decoder(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+                   use_cache=True, **{CACHE_KWARG: prompts.cache}).last_hidden_state
+
+
+def _cache(output: Any) -> Any:
+    return getattr(output, "cache", None) or output.past_key_values
+
+
 @torch.inference_mode()
 def teacher_forced(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int = 0,
                    temperature: float = 1.0, batch_size: int = 8, stop_ids: Sequence[int] = (),
@@ -96,11 +176,11 @@ def teacher_forced(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int
     the completion (the answer must end there). Softmax of logits / ``temperature`` in fp32.
 
     With ``share`` (default: ``share_prompts``) pairs that share a prompt share its forward
-    pass: each distinct prompt runs once (left-padded, ``batch_size`` prompts at a time,
-    explicit position ids, so padding changes nothing) and fills a KV cache; then every
-    completion of those prompts runs against its prompt's cache rows -- scoring k legal
-    answers of one decision costs one prompt pass plus k short ones. Without, each pair
-    runs in full, ``batch_size`` pairs at a time.
+    pass: each distinct prompt runs once (``batch_size`` prompts at a time, sorted so that a
+    batch shares its header, whose tokens run once: ``run_prompts``) and fills a KV cache;
+    then every completion of those prompts runs against its prompt's cache rows -- scoring
+    k legal answers of one decision costs one prompt pass plus k short ones. Without, each
+    pair runs in full, ``batch_size`` pairs at a time.
     """
     device = next(model.parameters()).device
     if any(len(p) == 0 for p, _ in pairs):
@@ -121,6 +201,7 @@ def teacher_forced(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int
                 own = [tuple(p) for p, _ in pairs[start:start + batch_size]]
                 out[start:start + len(items)] = _score_group(model, own, items, single_pass=True, **kw)
             return out  # type: ignore[return-value]
+        prompts.sort()  # in token order: a batch of neighbours shares its header (see shared_prefix)
         by_prompt: dict[tuple[int, ...], list[int]] = {p: [] for p in prompts}
         for i, (p, _) in enumerate(pairs):
             by_prompt[tuple(p)].append(i)
@@ -172,19 +253,13 @@ def _score_group(model: Any, prompts: Sequence[tuple[int, ...]], items: Sequence
                        logits_to_keep=keep).logits[:, -keep:]  # (N, keep, V)
         rows = [logits[row, keep - len(c) - 1:] for row, (_, c) in enumerate(items)]
     else:
-        ids, mask, positions = left_padded(prompts, pad_id)
-        first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                      use_cache=longest > 0, logits_to_keep=1)
-        first_logits = first.logits[:, -1]  # (P, V): predicts each completion's first token
+        decoder, head = split_model(model)
+        prompt_pass = run_prompts(decoder, prompts, device, use_cache=longest > 0, pad_id=pad_id)
+        first_logits = head(prompt_pass.last)  # (P, V): predicts each completion's first token
         later = None  # (N, C, V): position j predicts completion token j + 1 (and the stop after the last)
         if longest > 0:
             index = torch.tensor([g for g, _ in items], dtype=torch.long)
-            cache = getattr(first, "cache", None) or first.past_key_values
-            cache.reorder_cache(index.to(device))  # one cache row per item
-            comp, comp_mask = right_padded([c for _, c in items], longest, pad_id)  # (N, C)
-            comp_positions = mask.sum(-1)[index][:, None] + torch.arange(longest)[None, :]
-            later = model(input_ids=comp.to(device), attention_mask=torch.cat([mask[index], comp_mask], 1).to(device),
-                          position_ids=comp_positions.to(device), use_cache=True, **{CACHE_KWARG: cache}).logits
+            later = head(run_continuations(decoder, prompt_pass, index, [c for _, c in items], longest, device, pad_id))
         rows = [first_logits[g:g + 1] if later is None else torch.cat([first_logits[g:g + 1], later[row, :len(c)]])
                 for row, (g, c) in enumerate(items)]
     out = []
