@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who plays a role: policy (default) or scripted:NAME")
     p.add_argument("--alternate", action="store_true", help="rotate seats every episode")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="game option")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="the policy's sampling temperature (0: greedy; default 1, as in training)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

@@ -386,7 +386,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--samples", type=int, default=32,
                    help="answers sampled per information set in reasoning mode")
     p.add_argument("--mirror", action="store_true", help="play every deal from both seats")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="the policy's sampling temperature (0: greedy; default 1, as in training)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="per move (default: the game's)")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
