@@ -109,8 +109,27 @@ def summary(m: dict) -> str:
     return ", ".join(parts)
 
 
+def training_win(lines: list[dict], window: int = 20) -> dict[str, list]:
+    """The policy's win rate in its own training games over the last ``window`` steps (all
+    seats), by step: a curve between evaluations, sampled as in training."""
+    per_step = []  # (step, games, wins)
+    for m in lines:
+        rows = [r for r in m.get("roles", {}).values() if r.get("policy_episodes")]
+        games = sum(r["policy_episodes"] for r in rows)
+        per_step.append((m["step"], games, sum(r["policy_episodes"] * r.get("win", 0.0) for r in rows)))
+    out: dict[str, list] = {"train_step": [], "train_win": []}
+    for k, (step, _, _) in enumerate(per_step):
+        recent = [g for g in per_step[max(0, k + 1 - window):k + 1]]
+        games = sum(g for _, g, _ in recent)
+        if k + 1 >= window and games:
+            out["train_step"].append(step)
+            out["train_win"].append(sum(w for _, _, w in recent) / games)
+    return out
+
+
 def curves(lines: list[dict]) -> dict[str, list]:
-    out: dict[str, list] = {"step": [], "elapsed": [], "exploitability": [], "win_vs_random": [], "invalid": []}
+    out: dict[str, list] = {"step": [], "elapsed": [], "exploitability": [], "win_vs_random": [], "invalid": [],
+                            **training_win(lines)}
     for m in lines:
         if "eval" not in m:
             continue
@@ -144,7 +163,9 @@ def plot(kuhn: dict, ttt: dict, path: Path) -> None:
         ax.set_ylabel("Kuhn Poker exploitability")
         ax.legend()
     ax = axes[2]
-    ax.plot(ttt["step"], ttt["win_vs_random"], marker="o", label="win vs random")
+    ax.plot(ttt["step"], ttt["win_vs_random"], marker="o", linestyle="none", label="win vs random (evaluation)")
+    if ttt.get("train_step"):
+        ax.plot(ttt["train_step"], ttt["train_win"], label="win in training games vs random (20-step window)")
     if any(v is not None for v in ttt["invalid"]):
         ax.plot(ttt["step"], ttt["invalid"], marker="x", label="invalid moves")
     ax.set_ylim(-0.02, 1.02)
