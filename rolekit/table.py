@@ -278,7 +278,8 @@ class ModelResponder:
         return out
 
     def _choose(self, asks: Sequence[AskRequest]) -> list[list[Answer]]:
-        """Constrained answers: score every choice of every ask in one batch, sample n each."""
+        """Constrained answers: score every choice of every ask in one batch, sample n each
+        (temperature 0: the likeliest, n times)."""
         import torch
 
         pairs, spans = [], []
@@ -287,13 +288,18 @@ class ModelResponder:
             start = len(pairs)
             pairs += [(ids, self.chat.text_ids(c)) for c in ask.choices]
             spans.append((start, len(pairs), ids))
-        temperature = {**self.defaults, **(asks[0].sampling if asks else {})}["temperature"] or 1.0
+        requested = {**self.defaults, **(asks[0].sampling if asks else {})}["temperature"]
+        greedy = requested <= 0  # pick the likeliest answer; its logprobs are recorded at temperature 1
+        temperature = 1.0 if greedy else requested
         scored = self.backend.score(pairs, temperature=temperature)
         out = []
         for ask, (start, end, ids) in zip(asks, spans):
             totals = torch.tensor([sum(scored[k]) for k in range(start, end)], dtype=torch.float64)
             log_choose = torch.log_softmax(totals, dim=0)
-            picks = torch.multinomial(log_choose.exp(), ask.n, replacement=True).tolist()
+            if greedy:
+                picks = [int(torch.argmax(totals))] * ask.n
+            else:
+                picks = torch.multinomial(log_choose.exp(), ask.n, replacement=True).tolist()
             choice_ids = tuple(pairs[k][1] for k in range(start, end))
             out.append([Answer(text=ask.prefix + ask.choices[j], prompt_ids=ids, completion_ids=pairs[start + j][1],
                                logprobs=scored[start + j], finish_reason="stop", temperature=temperature,

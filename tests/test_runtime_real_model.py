@@ -133,3 +133,16 @@ def test_constrained_choices_sample_by_the_models_likelihood(kernel, tiny):
     [answers] = responder.respond([ask])
     share = sum(a.text == "[1]" for a in answers) / len(answers)
     assert abs(share - p1) < 0.08, (share, p1)
+
+
+def test_constrained_choices_at_temperature_zero_take_the_likeliest(kernel, tiny):
+    backend = HFBackend(tiny.model, tiny.tokenizer, max_batch_size=64)
+    responder = ModelResponder("policy", backend, ChatTokenizer(tiny.tokenizer), temperature=0.0)
+    from rolekit.table import AskRequest
+
+    for prompt in ("Pick one.", "Choose a number.", "Which?"):
+        ask = AskRequest("nim", "player_0", prompt, 400, {}, prefix="[", choices=("1]", "2]", "3]"))
+        scores = backend.score([(responder.prompt_ids(ask), responder.chat.text_ids(c)) for c in ask.choices])
+        best = max(range(3), key=lambda k: sum(scores[k]))
+        [answers] = responder.respond([ask])
+        assert {a.text for a in answers} == {"[" + ask.choices[best]}
