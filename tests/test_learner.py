@@ -148,3 +148,11 @@ def test_micro_batches_count_a_shared_header_once():
         assert cost[1] <= 80 or len(b) == 1
     # two prompts with a 40-token header and a few tokens each fit a bucket of 80 only if the header counts once
     assert any(len({batch[i].prompt_ids for i in b}) > 1 for b in buckets)
+
+
+def test_micro_batches_end_where_prompts_stop_sharing_a_header():
+    games = [samples(12, seed=seed, header=30) for seed in (1, 2)]  # two games: two different headers
+    batch = games[0] + games[1]
+    buckets = micro_batches(batch, 10_000)  # budget enough for all: only the headers split them
+    assert sorted(sorted(b) for b in buckets) == [list(range(12)), list(range(12, 24))]
+    assert all(shared_prefix(list({batch[i].prompt_ids for i in b})) >= 30 for b in buckets)
