@@ -119,7 +119,7 @@ def training_win(lines: list[dict], window: int = 20) -> dict[str, list]:
         per_step.append((m["step"], games, sum(r["policy_episodes"] * r.get("win", 0.0) for r in rows)))
     out: dict[str, list] = {"train_step": [], "train_win": []}
     for k, (step, _, _) in enumerate(per_step):
-        recent = [g for g in per_step[max(0, k + 1 - window):k + 1]]
+        recent = per_step[max(0, k + 1 - window):k + 1]
         games = sum(g for _, g, _ in recent)
         if k + 1 >= window and games:
             out["train_step"].append(step)

@@ -138,8 +138,8 @@ def run_prompts(decoder: Any, prompts: Sequence[Sequence[int]], device: Any, *, 
         out = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                       use_cache=use_cache)
         return PromptPass(out.last_hidden_state[:, -1], _cache(out) if use_cache else None, mask, lengths)
-    head = decoder(input_ids=torch.tensor([list(prompts[0][:common])], device=device), use_cache=True)
-    cache = _cache(head)
+    prefix = decoder(input_ids=torch.tensor([list(prompts[0][:common])], device=device), use_cache=True)
+    cache = _cache(prefix)
     cache.reorder_cache(torch.zeros(len(prompts), dtype=torch.long, device=device))  # (1, c) -> (P, c)
     rest, rest_mask = right_padded([p[common:] for p in prompts], int(lengths.max()) - common, pad_id)  # (P, S)
     mask = torch.cat([torch.ones((len(prompts), common), dtype=torch.long), rest_mask], 1)
