@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import random
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import attrs
 
@@ -33,10 +34,74 @@ class Game:
 
     @classmethod
     def role_names(cls) -> tuple[str, ...]:
-        return tuple(r.name for r in cls.roles)
+        """The names of ``roles`` (an entry may be a role name, before registration resolves it)."""
+        return tuple(r if isinstance(r, str) else r.name for r in cls.roles)
 
     async def play(self, table: "Table") -> None:
         raise NotImplementedError
+
+
+# --- validation helpers (used when a game is registered and when it is made) -------------------
+
+
+def resolve_roles(cls: type, registered: Mapping[str, Role] | None = None) -> tuple[Role, ...]:
+    """Check a game class before it is registered; return its ``roles`` as ``Role`` values.
+
+    A role may be given by name: a registered role (``registered``) of that name, else a
+    new ``Role(name)``. Raises ValueError whose message completes "game 'x' ...": not a
+    Game subclass, no name, no roles, a role that is neither a Role nor a role name, the
+    same role twice, no ``play`` or a ``play`` that is not ``async def``.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Game)):
+        raise ValueError("is not a Game subclass")
+    if not isinstance(cls.name, str) or not cls.name:
+        raise ValueError("has no name")
+    if not cls.roles:
+        raise ValueError("has no roles")
+    roles = tuple(_role(entry, registered or {}) for entry in cls.roles)
+    names = [r.name for r in roles]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"has the role {name!r} twice")
+    if cls.play is Game.play:
+        raise ValueError("does not define play")
+    if not inspect.iscoroutinefunction(cls.play):
+        raise ValueError("has a play that is not 'async def'")
+    return roles
+
+
+def _role(entry: Any, registered: Mapping[str, Role]) -> Role:
+    if isinstance(entry, Role):
+        return entry
+    if isinstance(entry, str):
+        if isinstance(registered.get(entry), Role):
+            return registered[entry]
+        try:
+            return Role(entry)
+        except ValueError:
+            pass
+    raise ValueError(f"has a role {entry!r} that is neither a Role nor a role name")
+
+
+def option_names(cls: type) -> tuple[str, ...]:
+    """The keyword options a game class's constructor takes, read from the signatures.
+
+    Walks the MRO: a constructor with ``**options`` is taken to pass them up to the next
+    one (``TurnBasedGame`` subclasses do), ``Game``'s takes none, and one without ``**``
+    ends the list.
+    """
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass in (Game, object):
+            break
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]  # without self
+        names.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return tuple(sorted(names))
 
 
 @attrs.frozen

@@ -13,7 +13,9 @@ Hooks are grouped by phase:
 * **observation** (called during rollouts and training): episode and step observers.
 
 An implementation may accept fewer arguments than its spec declares, so arguments are
-only ever added to these specs, never removed or renamed.
+only ever added to these specs, never removed or renamed. A plugin with a hook no spec
+declares (a misspelt name) or an argument its spec does not pass is reported by name,
+with the closest hook name, and skipped, like a plugin that fails to import.
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ hookimpl = pluggy.HookimplMarker("rolekit")
 def rolekit_register_games(registry):
     """Register role graphs (``Game`` subclasses).
 
-    Called once at load. ``registry.add(GameClass)`` uses ``GameClass.name``; the class
-    must define ``roles`` and ``async def play(self, table)`` (or subclass
-    ``TurnBasedGame``). Options given in configs or ``--option k=v`` are passed to the
-    class's constructor. Return value ignored.
+    Called once at load, after ``rolekit_register_roles``. ``registry.add(GameClass)``
+    uses ``GameClass.name``; the class must subclass ``Game``, have a non-empty ``name``,
+    define ``roles`` (``Role`` values or role names, each once) and
+    ``async def play(self, table)`` (or subclass ``TurnBasedGame``). A class that does
+    not is reported by plugin and game name and skipped; the plugin's other games are
+    registered. Role names are resolved when the game is registered: a registered role
+    of that name, else ``Role(name)``. Options given in configs or ``--option k=v`` are
+    passed to the class's constructor as keyword arguments. Return value ignored.
     """
 
 
@@ -42,8 +48,10 @@ def rolekit_register_games(registry):
 def rolekit_register_roles(registry):
     """Register reusable roles (a judge, a verifier seat, ...) as ``Role`` values.
 
-    Called once at load: ``registry.add(Role("judge", "scores an answer 0-10"))``. Games
-    may refer to registered roles by name. Return value ignored.
+    Called once at load, before ``rolekit_register_games``:
+    ``registry.add(Role("judge", "scores an answer 0-10"))``. Games may refer to
+    registered roles by name (``roles = ("questioner", "judge")``); registration turns
+    each name into the registered ``Role``. Return value ignored.
     """
 
 

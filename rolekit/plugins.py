@@ -7,16 +7,18 @@ import importlib
 import importlib.metadata
 import os
 import sys
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import attrs
 import pluggy
 
 from rolekit import hookspecs
+from rolekit.game import resolve_roles
 
 ENTRY_POINT_GROUP = "rolekit"
 BUILTIN_PLUGINS = {"builtins": "rolekit.builtins"}
 DISABLE_ENV = "ROLEKIT_DISABLE_PLUGINS"  # comma-separated plugin names
+HOOK_NAMES = sorted(n for n, f in vars(hookspecs).items() if hasattr(f, "rolekit_spec"))
 
 
 class PluginError(Exception):
@@ -40,15 +42,28 @@ class Entry:
     meta: dict[str, Any] = attrs.Factory(dict)
 
 
-class Registry:
-    """Name -> Entry for one kind of thing; refuses duplicates, naming both plugins."""
+def _did_you_mean(name: str, valid: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
-    def __init__(self, kind: str):
+
+class Registry:
+    """Name -> Entry for one kind of thing; refuses duplicates, naming both plugins.
+
+    ``check(name, obj)`` (optional) validates a thing before it is added and returns what
+    to store; a ValueError it raises skips that thing: ``rejected`` keeps
+    ``(plugin, message)`` for each, and the rest of the plugin's registrations go on.
+    """
+
+    def __init__(self, kind: str, check: Callable[[str, Any], Any] | None = None):
         self.kind = kind
+        self.check = check
+        self.rejected: list[tuple[str, str]] = []
         self._entries: dict[str, Entry] = {}
         self.current_plugin = "<direct>"
 
     def add(self, name_or_obj, obj=None, **meta) -> None:
+        """``add(obj)`` (named by ``obj.name``) or ``add(name, obj)``; ``meta`` is kept on the entry."""
         if obj is None:
             obj = name_or_obj
             name = getattr(obj, "name", None)
@@ -65,6 +80,13 @@ class Registry:
                 f"{self.kind[:-1]} {name!r} is registered by both plugin {other!r} and plugin "
                 f"{self.current_plugin!r}; block one of them ({DISABLE_ENV}={other} or --disable)"
             )
+        if self.check is not None:
+            try:
+                obj = self.check(name, obj)
+            except ValueError as exc:
+                label = repr(name) if name else f"class {getattr(obj, '__qualname__', repr(obj))}"
+                self.rejected.append((self.current_plugin, f"{self.kind[:-1]} {label} {exc}"))
+                return
         self._entries[name] = Entry(name, obj, self.current_plugin, dict(meta))
 
     def entry(self, name: str) -> Entry:
@@ -141,9 +163,9 @@ class Kernel:
             self._load_entrypoints()
         for plugin in plugins:
             self._register(plugin, getattr(plugin, "__name__", None) or type(plugin).__name__, None)
-        self.pm.check_pending()
-        self.games = self._fill("games")
+        self.pm.check_pending()  # never fails: a plugin with an unknown hook was skipped
         self.roles = self._fill("roles")
+        self.games = self._fill("games", check=self._check_game)  # games may name registered roles
         self.verifiers = self._fill("verifiers")
         self.rewards = self._fill("rewards")
         self.advantages = self._fill("advantages")
@@ -154,11 +176,40 @@ class Kernel:
     def _register(self, plugin, name: str, version: str | None) -> None:
         if self.pm.is_blocked(name):
             return
-        try:
-            self.pm.register(plugin, name=name)
-        except ValueError as exc:
-            raise PluginError(f"plugin {name!r} could not be registered: {exc}") from None
-        self.info[name] = PluginInfo(name, version, getattr(plugin, "__name__", repr(plugin)))
+        info = PluginInfo(name, version, getattr(plugin, "__name__", repr(plugin)))
+        problem = self._hook_problem(plugin)
+        if problem is None:
+            try:
+                self.pm.register(plugin, name=name)
+            except ValueError as exc:
+                raise PluginError(f"plugin {name!r} could not be registered: {exc}") from None
+            except pluggy.PluginValidationError as exc:  # what _hook_problem does not check
+                problem = " ".join(str(exc).split())
+        if problem is not None:  # reported by name and skipped, like a plugin that fails to import
+            info = attrs.evolve(info, error=problem)
+            print(f"rolekit: plugin {name!r} {problem} and was skipped", file=sys.stderr)
+        self.info[name] = info
+
+    def _hook_problem(self, plugin) -> str | None:
+        """What is wrong with a plugin's hook implementations, or None: the first hook no spec
+        declares, or the first that takes an argument its spec does not pass."""
+        for attr in dir(plugin):
+            opts = self.pm.parse_hookimpl_opts(plugin, attr)
+            if opts is None:
+                continue
+            hook = opts.get("specname") or attr
+            caller = getattr(self.pm.hook, hook, None)
+            spec = caller.spec if caller is not None else None
+            if spec is None:
+                if not opts.get("optionalhook"):
+                    return f"has an unknown hook {hook!r}{_did_you_mean(hook, HOOK_NAMES)}"
+                continue
+            impl = pluggy.HookImpl(plugin, "", getattr(plugin, attr), opts)
+            extra = [a for a in impl.argnames if a not in spec.argnames and a not in spec.kwargnames]
+            if extra:
+                return (f"has a hook {hook!r} with an argument the hook does not pass: "
+                        f"{', '.join(map(repr, extra))} (it passes: {', '.join(spec.argnames)})")
+        return None
 
     def _load_entrypoints(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -175,8 +226,8 @@ class Kernel:
                 continue
             self._register(plugin, ep.name, version)
 
-    def _fill(self, kind: str) -> Registry:
-        registry = Registry(kind)
+    def _fill(self, kind: str, check: Callable[[str, Any], Any] | None = None) -> Registry:
+        registry = Registry(kind, check)
         caller = getattr(self.pm.hook, REGISTRY_HOOKS[kind])
         for impl in caller.get_hookimpls():  # registration order
             registry.current_plugin = impl.plugin_name
@@ -188,7 +239,24 @@ class Kernel:
                 raise PluginError(
                     f"plugin {impl.plugin_name!r} failed in {REGISTRY_HOOKS[kind]}: {type(exc).__name__}: {exc}"
                 ) from exc
+        for plugin, message in registry.rejected:  # reported by name and skipped
+            print(f"rolekit: plugin {plugin!r}: {message} and was skipped", file=sys.stderr)
+            self._add_error(plugin, message)
         return registry
+
+    def _check_game(self, name: str, cls) -> Any:
+        """A game class fit to register, its ``roles`` resolved to ``Role`` values (names
+        of registered roles become those roles); ValueError saying what is wrong."""
+        roles = resolve_roles(cls, {e.name: e.obj for e in self.roles})
+        if name != cls.name:
+            raise ValueError(f"is registered as {name!r} but its name is {cls.name!r}")
+        cls.roles = roles
+        return cls
+
+    def _add_error(self, plugin: str, message: str) -> None:
+        info = self.info.get(plugin) or PluginInfo(plugin, None, plugin)
+        error = message if info.error is None else f"{info.error}; {message}"
+        self.info[plugin] = attrs.evolve(info, error=error)
 
     # --- typed hook calls -----------------------------------------------------------
 

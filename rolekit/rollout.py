@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import statistics
 import tomllib
 from collections import defaultdict
 from typing import Any, Iterable
 
-from rolekit.game import Game
+from rolekit.game import Game, option_names
 from rolekit.plugins import Kernel
 from rolekit.table import POLICY, EpisodeSpec, Responder, ScriptedResponder
 from rolekit.types import Episode
@@ -34,11 +35,20 @@ def parse_pairs(pairs: Iterable[str], what: str) -> dict[str, Any]:
 
 
 def make_game(kernel: Kernel, name: str, options: dict[str, Any] | None = None) -> Game:
+    """An instance of the registered game ``name``; ValueError naming a bad option (and the closest valid one)."""
     cls = kernel.games.get(name)
+    options = dict(options or {})
     try:
-        return cls(**(options or {}))
+        return cls(**options)
     except TypeError as exc:
-        raise ValueError(f"game {name!r}: bad option: {exc}") from None
+        valid = option_names(cls)
+        unknown = [key for key in options if key not in valid]
+        if not unknown:
+            raise ValueError(f"game {name!r}: bad option: {exc}") from None
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"game {name!r}: unknown option {unknown[0]!r}{hint} "
+                         f"(options: {', '.join(valid) or 'none'})") from None
 
 
 def scripted_responders(kernel: Kernel, game: Game, seats: dict[str, str]) -> dict[str, Responder]:

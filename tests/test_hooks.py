@@ -104,8 +104,18 @@ def test_rolekit_step_end():
     assert metrics == {"loss": 0.5, "seen_step": 7}
 
 
-def test_misspelt_hook_fails_at_startup():
-    from pluggy import PluginValidationError
+def test_misspelt_hook_is_caught_at_startup(capsys):
+    kernel = Kernel([_plugin(rolekit_register_game=lambda registry: registry.add(Solo))], load_entrypoints=False)
+    assert "plugin 'P' has an unknown hook 'rolekit_register_game' (did you mean 'rolekit_register_games'?)" \
+        in capsys.readouterr().err
+    assert "solo" not in kernel.games and kernel.pm.get_plugin("P") is None and "nim" in kernel.games
 
-    with pytest.raises(PluginValidationError, match="rolekit_register_game"):
-        Kernel([_plugin(rolekit_register_game=lambda registry: None)], load_entrypoints=False)
+
+def test_games_may_name_registered_roles():
+    class Judged(Solo):
+        name = "judged"
+        roles = ("only", "judge")
+
+    kernel = Kernel([_plugin(rolekit_register_roles=lambda registry: registry.add(Role("only", "the player")),
+                             rolekit_register_games=lambda registry: registry.add(Judged))], load_entrypoints=False)
+    assert Judged.roles == (Role("only", "the player"), kernel.roles.get("judge"))
