@@ -31,16 +31,23 @@ def cmd_plugins(args) -> int:
         return 0
     table = RichTable("plugin", "version", "registers")
     for row in rows:
-        what = "; ".join(f"{k}: {', '.join(v)}" for k, v in row.items() if isinstance(v, list))
-        table.add_row(row["name"], row["version"] or "-", what if "error" not in row else f"[red]{row['error']}")
+        what = escape("; ".join(f"{k}: {', '.join(v)}" for k, v in row.items() if isinstance(v, list)))
+        if "error" in row:  # a skipped plugin, or a plugin some of whose registrations were skipped
+            what = "\n".join(filter(None, [what, f"[red]{escape(row['error'])}"]))
+        table.add_row(row["name"], row["version"] or "-", what)
     Console().print(table)
     return 0
 
 
+def _summary(cls) -> str:
+    """A game's ``description``, else the first line of its docstring, else ""."""
+    lines = (cls.__doc__ or "").strip().splitlines()
+    return cls.description or (lines[0] if lines else "")
+
+
 def cmd_games(args) -> int:
     kernel = _kernel(args)
-    rows = [{"name": e.name, "plugin": e.plugin, "roles": list(e.obj.role_names()),
-             "description": e.obj.description or (e.obj.__doc__ or "").strip().splitlines()[0]}
+    rows = [{"name": e.name, "plugin": e.plugin, "roles": list(e.obj.role_names()), "description": _summary(e.obj)}
             for e in kernel.games]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -94,10 +101,13 @@ def cmd_rollout(args) -> int:
         "policy_turns": policy_turns, "roles": summary,
     }
     sample = next((ep for ep in episodes if ep.ok), episodes[0] if episodes else None)
+    failed = bool(episodes) and not any(ep.ok for ep in episodes)
     if args.json:
         report["sample_transcript"] = rollout.transcript(sample) if sample else None
         print(json.dumps(report, indent=2))
-        return 0
+        return _all_quarantined(args.game, episodes) if failed else 0
+    if failed:
+        return _all_quarantined(args.game, episodes)
     table = RichTable("role", "episodes", "mean return", "win", "draw", "loss", "invalid",
                       title=f"{args.game} on {args.model}")
     for role, s in summary.items():
@@ -111,6 +121,15 @@ def cmd_rollout(args) -> int:
         console.rule("sample transcript")
         console.print(rollout.transcript(sample), markup=False, highlight=False)
     return 0
+
+
+def _all_quarantined(game: str, episodes) -> int:
+    """Every episode raised: say so with the first one's traceback, and fail (exit 1)."""
+    first = episodes[0]
+    err.print(f"[red]rolekit: every episode of {game!r} was quarantined[/red] ({len(episodes)}); "
+              f"the first (seed {first.seed}) raised:", highlight=False)
+    err.print(first.error.rstrip(), markup=False, highlight=False)
+    return 1
 
 
 # --- rolekit train -------------------------------------------------------------------------------
