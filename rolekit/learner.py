@@ -1,4 +1,10 @@
-"""The learner: token-budget micro-batches, PPO-clip loss, one optimizer step per epoch."""
+"""The learner: token-budget micro-batches, PPO-clip loss, one optimizer step per epoch.
+
+Precision: the trained parameters and AdamW's state keep their own dtype (fp32 for full
+fine-tuning: ``models.training_dtype``; a LoRA adapter is fp32 too); on CUDA the forward
+passes run under bf16 autocast (``backends.hf.autocast``), so an update of ~lr per weight
+is not rounded away as it would be on bf16 weights.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from rolekit.backends.hf import run_continuations, run_prompts, share_prompts, shared_prefix, split_model
+from rolekit.backends.hf import autocast, run_continuations, run_prompts, share_prompts, shared_prefix, split_model
 from rolekit.losses import kl_estimate, ppo_clip, token_weights
 from rolekit.types import Sample
 
@@ -196,16 +202,43 @@ def pad_old_logprobs(samples: Sequence[Sample], t_max: int, device) -> torch.Ten
     return out.to(device)
 
 
-class Learner:
-    """PPO-clip on token level, over micro-batches whose gradients sum to the batch loss."""
+def recompute_old_logprobs(setting: bool | None, device) -> bool:
+    """Take PPO's old logprobs from a forward pass before the update (True), or use the ones
+    recorded at sampling time (False)? ``setting`` None decides by device.
 
-    def __init__(self, model: Any, params: list[torch.nn.Parameter], cfg, *, device, reference=None):
+    On CUDA recompute: generation runs bf16 kernels on other shapes (KV cache, batch
+    padding) than the learner, and its logprobs differ from a learner pass by up to ~3e-2,
+    so the PPO ratio would not start at 1 and clipping would act on noise. On the CPU, in
+    fp32, they agree to ~1e-5 and the extra pass is saved.
+    """
+    if setting is None:
+        return torch.device(device).type == "cuda"
+    return bool(setting)
+
+
+class Learner:
+    """PPO-clip on token level, over micro-batches whose gradients sum to the batch loss.
+
+    ``autocast_bf16``: forward passes under bf16 autocast (None: on CUDA; see
+    ``backends.hf.autocast``). Old logprobs are recomputed per ``recompute_old_logprobs``.
+    """
+
+    def __init__(self, model: Any, params: list[torch.nn.Parameter], cfg, *, device, reference=None,
+                 autocast_bf16: bool | None = None):
         self.model, self.cfg, self.device = model, cfg, device
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # reference(): a context manager yielding the reference policy (LoRA: the same model
         # with its adapter disabled, so it costs no second model), or None
         self.reference = reference
+        self.autocast_bf16 = autocast_bf16
+        self.recompute = recompute_old_logprobs(cfg.recompute_logprobs, device)
+
+    def _forward(self, model: Any, batch: Sequence[Sample], **kw):
+        """``policy_logprobs`` of ``batch`` under the learner's autocast (the backward pass
+        follows the forward's dtypes by itself)."""
+        with autocast(self.device, self.autocast_bf16):
+            return policy_logprobs(model, batch, self.device, **kw)
 
     def step(self, samples: Sequence[Sample], max_new_tokens: int) -> dict[str, Any]:
         """``ppo_epochs`` optimizer steps over ``samples``; returns learner metrics.
@@ -223,7 +256,7 @@ class Learner:
         computed, padded = sum(c[0] for c in costs), sum(c[1] for c in costs)
         real = sum(s.num_tokens for s in samples)
         old = {i: None for i in range(n_seq)}
-        if cfg.recompute_logprobs:
+        if self.recompute:
             old = self._recompute(samples, buckets, share=share)
         ref = self._reference_logprobs(samples, buckets, share) if cfg.kl_beta > 0 else {}
         per_key: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -236,10 +269,10 @@ class Learner:
             for bucket in buckets:
                 batch = [samples[i] for i in bucket]
                 bonus = cfg.entropy_coef > 0
-                logp, mask, entropy = policy_logprobs(self.model, batch, self.device, with_entropy=epoch == 0 or bonus,
-                                                      share=share, entropy_grad=bonus)
+                logp, mask, entropy = self._forward(self.model, batch, with_entropy=epoch == 0 or bonus, share=share,
+                                                    entropy_grad=bonus)
                 t_max = logp.shape[1]
-                if cfg.recompute_logprobs:
+                if self.recompute:
                     old_lp = torch.stack([torch.nn.functional.pad(old[i], (0, t_max - old[i].numel())) for i in bucket])
                 else:
                     old_lp = pad_old_logprobs(batch, t_max, self.device)
@@ -313,7 +346,7 @@ class Learner:
         out = {}
         for bucket in buckets:
             batch = [samples[i] for i in bucket]
-            logp, mask, _ = policy_logprobs(model or self.model, batch, self.device, share=share)
+            logp, mask, _ = self._forward(model or self.model, batch, share=share)
             for j, i in enumerate(bucket):
                 out[i] = logp[j, : trained_positions(samples[i])]
         return out

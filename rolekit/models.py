@@ -11,7 +11,12 @@ Names a user can pass wherever a model is asked for:
 - a path to a local Hugging Face model directory, or to a peft adapter directory whose
   ``base_model_name_or_path`` is one of the above.
 
-fp32 on CPU (bf16 matmul is slow without AVX-512), bf16 on CUDA.
+fp32 on CPU (bf16 matmul is slow without AVX-512), bf16 on CUDA -- except a model loaded
+to be trained in full (``finetune="full"``), which keeps fp32 weights everywhere and runs
+its forward passes under bf16 autocast on CUDA (:func:`training_dtype`).
+
+Every model gets a neutral ``generation_config``: a checkpoint's own sampling knobs would
+otherwise change what ``generate`` samples from (:func:`_neutral_generation_config`).
 """
 
 from __future__ import annotations
@@ -197,6 +202,24 @@ def _default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+FINETUNE = ("full", "lora")
+
+
+def training_dtype(device: str | torch.device, *, lora: bool) -> torch.dtype:
+    """The dtype of a model's weights when it is loaded to be trained on ``device``.
+
+    Full fine-tuning keeps fp32 weights (and so fp32 AdamW state) everywhere: AdamW's first
+    updates are about ``lr`` per weight, far below a bf16 weight's resolution (2^-8 of its
+    size), so on bf16 weights one step at lr 1e-5 changed 2 % of SmolLM2-135M's weights
+    (fp32: ~100 %). On CUDA the speed comes from running the forward passes under bf16
+    autocast instead (``backends.hf.autocast``). With LoRA only the adapter trains, and peft
+    keeps it in fp32, so the frozen base keeps the device's default (bf16 on CUDA: half the
+    memory).
+    """
+    device = torch.device(device)
+    return _default_dtype(device) if lora else torch.float32
+
+
 # Wider than the usual 0.02 so the random model's next-token distribution is peaked
 # (entropy ~8 nats instead of a flat ln(49152) = 10.8): learning signals from rewards then
 # compound within a few steps, which is what engine tests need.
@@ -238,24 +261,45 @@ def _adapter_base(path: Path) -> str:
     )
 
 
+_SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
 def _neutral_generation_config(model, tokenizer) -> None:
-    """Plain generation defaults: no sampling knobs that would make logprobs disagree."""
+    """Replace the model's generation config by plain defaults, keeping its special token ids.
+
+    A checkpoint's ``generation_config.json`` often sets sampling knobs (temperature 0.3,
+    top_k 5, do_sample ...). ``generate`` applies them wherever a call leaves a knob unset,
+    and transformers 4.50-4.57 even where a call sets it to the library default
+    (temperature 1.0, top_p 1.0): samples would then come from another distribution than
+    the logprobs rolekit records and trains on. The backend passes its knobs explicitly
+    too; this also makes a bare ``model.generate()`` greedy and plain.
+    """
     from transformers import GenerationConfig
 
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    own = getattr(model, "generation_config", None)
+    ids = {key: getattr(own, key, None) for key in _SPECIAL_IDS}
+    for key in _SPECIAL_IDS:  # the tokenizer's where the model names none
+        if ids[key] is None:
+            ids[key] = getattr(tokenizer, key)
+    model.generation_config = GenerationConfig(**ids)
 
 
-def load_model(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load a causal LM by name (see the module docstring), in eval mode, on ``device``."""
+def load_model(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               finetune: str | None = None) -> LoadedModel:
+    """Load a causal LM by name (see the module docstring), in eval mode, on ``device``.
+
+    ``finetune`` ("full" or "lora"): the model is loaded to be trained that way, which picks
+    its dtype (:func:`training_dtype`: fp32 for full fine-tuning). An explicit ``dtype`` wins;
+    otherwise fp32 on the CPU, bf16 on CUDA.
+    """
     from transformers import AutoModelForCausalLM
 
     name = str(name)
     device = torch.device(device)
-    dtype = dtype or _default_dtype(device)
+    if finetune is not None and finetune not in FINETUNE:
+        raise ValueError(f"finetune must be one of {FINETUNE} or None, not {finetune!r}")
+    if dtype is None:
+        dtype = training_dtype(device, lora=finetune == "lora") if finetune else _default_dtype(device)
     path = Path(name).expanduser()
     if name not in NAMES and not path.is_dir():
         raise _not_found(name)
@@ -263,11 +307,10 @@ def load_model(name: str, *, device: str | torch.device = "cpu", dtype: torch.dt
     if name == TINY:
         tokenizer = load_tokenizer(TINY)
         model = _tiny_model(tokenizer, dtype)
-        _neutral_generation_config(model, tokenizer)
     elif name != EMBEDDED and _is_adapter_dir(path):
         from peft import PeftModel
 
-        base = load_model(_adapter_base(path), device=device, dtype=dtype)
+        base = load_model(_adapter_base(path), device=device, dtype=dtype)  # neutral generation config
         tokenizer = load_tokenizer(name) if _has_tokenizer(path) else base.tokenizer
         model = PeftModel.from_pretrained(base.model, path, is_trainable=False)
     else:
@@ -281,6 +324,7 @@ def load_model(name: str, *, device: str | torch.device = "cpu", dtype: torch.dt
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not _is_adapter_dir(path) or name in NAMES:
+        _neutral_generation_config(model, tokenizer)
         # What peft records as ``base_model_name_or_path`` when an adapter is saved.
         model.name_or_path = model.config.name_or_path = name if name in NAMES else str(path.resolve())
     model.generation_config.pad_token_id = tokenizer.pad_token_id

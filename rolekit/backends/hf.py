@@ -10,10 +10,17 @@ They are taken *before* top-p/top-k truncation, i.e. they are the logprobs of th
 full tempered distribution, which is what the learner recomputes from a forward pass
 (so the PPO ratio starts at 1). With top-p/top-k < full they differ from the truncated
 distribution actually sampled from; that is the usual (SPIRAL, TRL) convention.
+Constrained choices follow it too (``table.ModelResponder._choose``; top-k/top-p cut the
+choice distribution as :func:`truncated` does).
+
+Precision: on CUDA, generation and scoring run under bf16 autocast (:func:`autocast`), so
+a model whose weights are fp32 (full fine-tuning keeps an fp32 master copy:
+``models.training_dtype``) still runs its matmuls in bf16. On the CPU everything is fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Sequence
@@ -60,6 +67,43 @@ def _neutral_overrides(model: Any, *, sampling: bool) -> dict[str, Any]:
     if getattr(own, "min_length", None):  # min_new_tokens overrides a model's min_length
         out["min_new_tokens"] = 0
     return out
+
+
+def mixed_precision(device: Any) -> bool:
+    """Run forward passes on ``device`` under bf16 autocast by default?
+
+    On CUDA yes: the weights may be fp32 (an fp32 master copy for full fine-tuning), and
+    autocast runs the matmuls in bf16 at bf16 speed while AdamW updates fp32 weights. On
+    the CPU no: bf16 matmuls are slow there without AVX-512, and fp32 is exact.
+    """
+    return torch.device(device).type == "cuda"
+
+
+def autocast(device: Any, enabled: bool | None = None) -> contextlib.AbstractContextManager:
+    """A context running forward passes on ``device`` under bf16 autocast, the weights left
+    in their own dtype. ``enabled``: None is :func:`mixed_precision`'s default (CUDA only);
+    True also works on the CPU (tests); off, a no-op."""
+    device = torch.device(device)
+    if not (mixed_precision(device) if enabled is None else enabled):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def truncated(probs: torch.Tensor, *, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """``probs`` (K,) cut to its ``top_k`` likeliest entries (0: all), then to the smallest
+    set of those whose probability, renormalised over the top-k, reaches ``top_p``; the
+    result renormalised. The order of transformers' TopK and TopP warpers in ``generate``;
+    the likeliest entry always stays. Constrained choices sample from this (K = the legal
+    answers)."""
+    order = torch.argsort(probs, descending=True, stable=True)
+    keep = len(probs) if top_k <= 0 else min(top_k, len(probs))
+    if top_p < 1.0:
+        top = probs[order[:keep]]
+        reached = torch.cumsum(top / top.sum(), 0) >= top_p  # (keep,) first True: the set is complete
+        keep = int(torch.nonzero(reached)[0]) + 1 if reached.any() else keep
+    out = torch.zeros_like(probs)
+    out[order[:keep]] = probs[order[:keep]]
+    return out / out.sum()
 
 
 def cache_kwarg() -> str:
@@ -169,11 +213,12 @@ def _cache(output: Any) -> Any:
 @torch.inference_mode()
 def teacher_forced(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int = 0,
                    temperature: float = 1.0, batch_size: int = 8, stop_ids: Sequence[int] = (),
-                   share: bool | None = None) -> list[tuple[float, ...]]:
+                   share: bool | None = None, autocast_bf16: bool | None = None) -> list[tuple[float, ...]]:
     """Per-token log pi(completion token | prompt, earlier ones) for each (prompt, completion) pair.
 
     With ``stop_ids`` one more value ends each tuple: log p(any of ``stop_ids``) right after
-    the completion (the answer must end there). Softmax of logits / ``temperature`` in fp32.
+    the completion (the answer must end there). Softmax of logits / ``temperature`` in fp32;
+    the forward passes under bf16 autocast where ``autocast_bf16`` (None: on CUDA, :func:`autocast`).
 
     With ``share`` (default: ``share_prompts``) pairs that share a prompt share its forward
     pass: each distinct prompt runs once (``batch_size`` prompts at a time, sorted so that a
@@ -195,24 +240,31 @@ def teacher_forced(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int
     was_training = model.training
     model.eval()
     try:
-        if not share:
-            for start in range(0, len(pairs), batch_size):
-                items = [(r, c) for r, (_, c) in enumerate(pairs[start:start + batch_size])]
-                own = [tuple(p) for p, _ in pairs[start:start + batch_size]]
-                out[start:start + len(items)] = _score_group(model, own, items, single_pass=True, **kw)
-            return out  # type: ignore[return-value]
-        prompts.sort()  # in token order: a batch of neighbours shares its header (see shared_prefix)
-        by_prompt: dict[tuple[int, ...], list[int]] = {p: [] for p in prompts}
-        for i, (p, _) in enumerate(pairs):
-            by_prompt[tuple(p)].append(i)
-        for start in range(0, len(prompts), batch_size):
-            group = prompts[start:start + batch_size]
-            rows = [(g, i) for g, p in enumerate(group) for i in by_prompt[p]]  # (prompt row, pair index)
-            for (g, i), values in zip(rows, _score_group(model, group, [(g, pairs[i][1]) for g, i in rows], **kw)):
-                out[i] = values
+        with autocast(device, autocast_bf16):
+            _teacher_forced(model, pairs, prompts, out, share=share, batch_size=batch_size, **kw)
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def _teacher_forced(model: Any, pairs, prompts: list[tuple[int, ...]], out: list, *, share: bool, batch_size: int,
+                    **kw) -> None:
+    """``teacher_forced``'s passes: fill ``out`` (one tuple per pair), sharing prompts or in full."""
+    if not share:
+        for start in range(0, len(pairs), batch_size):
+            items = [(r, c) for r, (_, c) in enumerate(pairs[start:start + batch_size])]
+            own = [tuple(p) for p, _ in pairs[start:start + batch_size]]
+            out[start:start + len(items)] = _score_group(model, own, items, single_pass=True, **kw)
+        return
+    prompts.sort()  # in token order: a batch of neighbours shares its header (see shared_prefix)
+    by_prompt: dict[tuple[int, ...], list[int]] = {p: [] for p in prompts}
+    for i, (p, _) in enumerate(pairs):
+        by_prompt[tuple(p)].append(i)
+    for start in range(0, len(prompts), batch_size):
+        group = prompts[start:start + batch_size]
+        rows = [(g, i) for g, p in enumerate(group) for i in by_prompt[p]]  # (prompt row, pair index)
+        for (g, i), values in zip(rows, _score_group(model, group, [(g, pairs[i][1]) for g, i in rows], **kw)):
+            out[i] = values
 
 
 def left_padded(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -283,15 +335,18 @@ class HFBackend:
     ``max_batch_size`` caps sequences per ``model.generate`` call and
     ``max_batch_tokens`` (optional) caps batch size × (longest prompt + max_new_tokens).
     ``calls`` counts ``model.generate`` calls and ``tokens_generated`` the tokens
-    returned.
+    returned. ``autocast_bf16``: generate and score under bf16 autocast (None: on CUDA,
+    where the trained model may hold fp32 master weights; see :func:`autocast`).
     """
 
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32, max_batch_tokens: int | None = None):
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32, max_batch_tokens: int | None = None,
+                 autocast_bf16: bool | None = None):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.model = model
+        self.autocast_bf16 = autocast_bf16
         self.chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -352,7 +407,7 @@ class HFBackend:
         """Per-token log pi(completion | prompt) at ``temperature``, by teacher forcing."""
         self.calls += 1
         return teacher_forced(self.model, pairs, pad_id=self.chat.pad_id, temperature=temperature,
-                              batch_size=batch_size or self.max_batch_size)
+                              batch_size=batch_size or self.max_batch_size, autocast_bf16=self.autocast_bf16)
 
     @torch.inference_mode()
     def _generate_batch(self, batch: Sequence[GenerationRequest]) -> list[Generation]:
@@ -368,8 +423,10 @@ class HFBackend:
         width = input_ids.shape[1]
 
         max_new_tokens = max(r.max_new_tokens for r in batch)
-        # Sampling knobs are passed explicitly: transformers 5 fills unset ones from the
-        # model's generation_config and then from global defaults (top_k=50!).
+        # Sampling knobs are passed explicitly, do_sample too: transformers 5 fills unset ones
+        # from the model's generation_config and then from global defaults (top_k=50!).
+        # (4.50-4.57 even replaced knobs passed at the library default, temperature 1.0 or
+        # top_p 1.0: pyproject excludes them, and load_model neutralises generation configs.)
         sampling = {} if greedy else dict(temperature=temperature, top_p=float(first.top_p), top_k=int(first.top_k))
         config = GenerationConfig(
             **_neutral_overrides(model, sampling=not greedy),
@@ -385,9 +442,10 @@ class HFBackend:
         was_training = model.training
         model.eval()
         try:
-            out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
-            )
+            with autocast(device, self.autocast_bf16):
+                out = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+                )
         finally:
             model.train(was_training)
         self.calls += 1
