@@ -12,6 +12,7 @@ from rolekit.answers import extract_answer, normalize
 from rolekit.types import Role
 
 if TYPE_CHECKING:
+    from rolekit.evaluate import Evaluator
     from rolekit.table import Table
 
 MODES = ("terse", "reasoning")
@@ -22,11 +23,24 @@ class Game:
 
     Subclasses set ``name``, ``roles`` and ``description`` and implement ``play``.
     Constructor keyword arguments are the game's options (from configs or the CLI).
+
+    ``interchangeable``: the roles that are interchangeable seats (the players of a
+    zero-sum game). Seat rotation and mirrored deals permute only these; the roles of an
+    asymmetric graph (questioner, responder, verifier) never rotate. ``outcomes``: the
+    game's episodes end in win/draw/loss (``table.set_info(winner=...)``), so metrics
+    report those rates. ``estimators``: role -> the advantage estimator the graph was
+    designed for (``{"questioner": "role_norm", "responder": "grpo"}``), used where the
+    config names none for the role (a curriculum entry's ``advantage`` overrides it,
+    ``algorithm.advantage`` fills roles neither names). ``evaluate``: the evaluations the
+    game offers (see there).
     """
 
     name: ClassVar[str] = ""
     roles: ClassVar[tuple[Role, ...]] = ()
     description: ClassVar[str] = ""
+    interchangeable: ClassVar[tuple[str, ...]] = ()
+    outcomes: ClassVar[bool] = False
+    estimators: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **options: Any):
         if options:
@@ -37,8 +51,20 @@ class Game:
         """The names of ``roles`` (an entry may be a role name, before registration resolves it)."""
         return tuple(r if isinstance(r, str) else r.name for r in cls.roles)
 
+    @classmethod
+    def rotating_roles(cls) -> tuple[str, ...]:
+        """The roles seat rotation and mirroring permute, in role order."""
+        return tuple(r for r in cls.role_names() if r in cls.interchangeable)
+
     async def play(self, table: "Table") -> None:
         raise NotImplementedError
+
+    def evaluate(self, ev: "Evaluator") -> dict[str, Any]:
+        """The evaluations this game offers, run by the engine every ``eval.every`` steps
+        and by ``rolekit eval``: a held-out task set (``ev.ask``), scripted opponents
+        (``ev.play_against``), an exact measure. Returns ``{name: {metric: value}}``;
+        the default offers none. A raising evaluation is reported, never fatal."""
+        return {}
 
 
 # --- validation helpers (used when a game is registered and when it is made) -------------------
@@ -142,6 +168,12 @@ class TurnBasedGame(Game):
     """
 
     max_turns: ClassVar[int] = 100  # safety bound on moves in one episode
+    outcomes: ClassVar[bool] = True
+
+    @classmethod
+    def rotating_roles(cls) -> tuple[str, ...]:
+        """Every player: the seats of an alternating game are interchangeable."""
+        return cls.role_names()
 
     def __init__(
         self,
@@ -162,7 +194,8 @@ class TurnBasedGame(Game):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.thread = thread
-        self.max_new_tokens = max_new_tokens or (16 if mode == "terse" else 256)
+        # None: the run's rollout.max_new_tokens (terse) -- a game option overrides it
+        self.max_new_tokens = max_new_tokens or (None if mode == "terse" else 256)
         self.invalid_move = InvalidMoveRule(invalid_ends_game, invalid_penalty, invalid_opponent_reward)
         terse = mode == "terse"
         self.answer_prefix = answer_prefix if answer_prefix is not None else ("[" if terse else "")
@@ -208,6 +241,19 @@ class TurnBasedGame(Game):
     def outcome(self, state: Any) -> dict[str, Any]:
         """Game-specific facts for ``episode.info`` once over (e.g. the winner)."""
         return {}
+
+    def evaluate(self, ev: "Evaluator") -> dict[str, Any]:
+        """Two-player games: win rates against each configured scripted opponent that plays
+        this game, and the exact exploitability where the game defines it (terse mode)."""
+        out: dict[str, Any] = {}
+        if len(self.role_names()) == 2:
+            for name in ev.opponents:
+                if ev.plays(name):
+                    out[name] = ev.play_against(name)
+        if ev.exploitability and self.mode == "terse" and hasattr(self, "information_sets") \
+                and hasattr(self, "exploitability"):
+            out["exploitability"] = ev.strategy()
+        return out
 
     # --- prompts and parsing ------------------------------------------------------------
 
@@ -262,12 +308,14 @@ class TurnBasedGame(Game):
             text = self.follow_up(state, role) if previous is not None else self.messages(state, role)
             choices = [self.format_action(a)[len(self.answer_prefix):] for a in move.legal_actions] \
                 if self.choose else ()
+            budget = {} if self.max_new_tokens is None else {"max_new_tokens": self.max_new_tokens}
             [turn] = await table.ask(role, text, after=previous, info=move, prefix=self.answer_start(state, role),
-                                     stop=self.answer_stop, choices=choices, max_new_tokens=self.max_new_tokens)
+                                     stop=self.answer_stop, choices=choices, **budget)
             last_turn[role] = turn
             action = self.parse_action(state, turn.text)
             table.set_action(turn, action)
             if action is None:
+                table.invalid(turn, "illegal move")
                 table.set_info(invalid=role)
                 if self.invalid_move.ends_game:
                     result = {

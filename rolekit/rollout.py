@@ -77,12 +77,22 @@ def specs(game: Game, episodes: int, seed: int, seats: dict[str, str], *, mirror
     one seat against a scripted opponent plays every seat equally often).
     ``mirror``: each deal is played twice, the second time with the seat map rotated.
     """
-    roles = list(game.role_names())
+    base = {r: seats.get(r, POLICY) for r in game.role_names()}
     for i in range(episodes):
         deal = seed + (i // 2 if mirror else i)
         shift = (i % 2 if mirror else 0) + (i if alternate else 0)
-        rotated = {roles[(k + shift) % len(roles)]: seats.get(r, POLICY) for k, r in enumerate(roles)}
-        yield EpisodeSpec(game, deal, rotated)
+        yield EpisodeSpec(game, deal, rotate(game, base, shift))
+
+
+def rotate(game: Game, seats: dict[str, str], shift: int) -> dict[str, str]:
+    """The seat map with its interchangeable roles (``game.rotating_roles()``) rotated by
+    ``shift``: whoever sat in the k-th of them moves to the (k + shift)-th. The other
+    roles of an asymmetric graph keep their seat."""
+    ring = list(game.rotating_roles())
+    out = dict(seats)
+    for k, role in enumerate(ring):
+        out[ring[(k + shift) % len(ring)]] = seats[role]
+    return out
 
 
 def summarize(episodes: list[Episode]) -> dict[str, dict[str, float]]:

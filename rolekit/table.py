@@ -10,6 +10,8 @@ game works as in any Python code.
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 import random
 import sys
 import traceback
@@ -23,6 +25,7 @@ from rolekit.types import Episode, Turn, Verdict
 if TYPE_CHECKING:
     from rolekit.game import Game
     from rolekit.plugins import Kernel
+    from rolekit.pools import Pool, Pools
 
 POLICY = "policy"
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k")
@@ -61,6 +64,7 @@ class Answer:
     temperature: float = 1.0
     choice_ids: tuple[tuple[int, ...], ...] = ()  # constrained choice: every legal answer's ids
     choice_logprob: float | None = None  # ... and log pi(this one | one of them)
+    max_new_tokens: int = 0  # the generation budget it was produced under (0: the run's default)
 
 
 class Responder(Protocol):
@@ -90,6 +94,9 @@ class Ask:
         yield (self,)
         return self.table._record(self)
 
+    def __iter__(self):  # `[turn] = table.ask(...)` without await lands here
+        raise TypeError(f"table.ask({self.role!r}, ...) was not awaited: write `[turn] = await table.ask(...)`")
+
 
 class Gather:
     """``await table.gather(ask_a, ask_b, ...)``: several asks answered in the same round."""
@@ -106,7 +113,7 @@ class Table:
     """What a game sees during one episode."""
 
     def __init__(self, game: "Game", seed: int, seats: dict[str, str], kernel: "Kernel | None" = None,
-                 turn_ids: Iterator[int] | None = None):
+                 turn_ids: Iterator[int] | None = None, *, pools: "Pools | None" = None, entry: int = 0):
         self.game = game
         self.game_name = game.name
         self.seed = seed
@@ -119,6 +126,11 @@ class Table:
         self.terminal: dict[str, float] = {}
         self.logs: dict[str, float] = {}
         self.info: dict[str, Any] = {}
+        self.dropped: dict[int, str] = {}
+        self.invalids: dict[int, str] = {}
+        self.keys: dict[int, str] = {}
+        self.entry = entry
+        self._pools = pools
         self._actions: dict[int, str | None] = {}
         self._ids = turn_ids if turn_ids is not None else itertools.count()
 
@@ -167,6 +179,7 @@ class Table:
                 responder=responder, parent=ask.parent.id if ask.parent is not None else None,
                 finish_reason=answer.finish_reason, temperature=answer.temperature,
                 choice_ids=answer.choice_ids, choice_logprob=answer.choice_logprob,
+                max_new_tokens=answer.max_new_tokens,
             )
             self.turns.append(turn)
             turns.append(turn)
@@ -175,12 +188,52 @@ class Table:
     # --- outcomes -------------------------------------------------------------------
 
     def reward(self, turn: Turn, x: float) -> None:
-        """Add ``x`` to ``turn``'s reward (and so to its role's episode return)."""
-        self.rewards[turn.id] = self.rewards.get(turn.id, 0.0) + float(x)
+        """Add ``x`` to ``turn``'s reward (and so to its role's episode return).
+
+        A turn's credit is its own reward plus its role's terminal return (``set_return``):
+        in a fan-out, each answer of one ask is credited with what it earned."""
+        self.rewards[turn.id] = self.rewards.get(turn.id, 0.0) + self._number(x, turn.role)
 
     def set_return(self, role: str, x: float) -> None:
-        """Set the terminal return of ``role`` (added to its turns' rewards)."""
-        self.terminal[role] = float(x)
+        """Set the terminal return of ``role`` (added to the credit of each of its turns)."""
+        if role not in self.game.role_names():
+            raise ValueError(f"game {self.game_name!r} has no role {role!r} (roles: {', '.join(self.game.role_names())})")
+        self.terminal[role] = self._number(x, role)
+
+    def _number(self, x: Any, role: str) -> float:
+        """A reward as a finite float; anything else raises (and quarantines the episode)."""
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise TypeError(f"game {self.game_name!r}, role {role!r}, seed {self.seed}: a reward must be a number, "
+                            f"got {type(x).__name__} {x!r}")
+        if not math.isfinite(x):
+            raise ValueError(f"game {self.game_name!r}, role {role!r}, seed {self.seed}: non-finite reward {x!r}")
+        return float(x)
+
+    def drop(self, turn: Turn, reason: str) -> None:
+        """Exclude ``turn`` from training (it still counts in the episode); metrics count
+        ``reason`` per (game, role). E.g. SPELL's questions answerable without the document."""
+        self.dropped[turn.id] = str(reason)
+
+    def invalid(self, turn: Turn, reason: str) -> None:
+        """Mark ``turn`` invalid (a bad format, an illegal move); it still trains on its
+        reward unless also dropped. Metrics count ``reason`` per (game, role)."""
+        self.invalids[turn.id] = str(reason)
+
+    def set_key(self, turn: Turn, key: str) -> None:
+        """Give ``turn`` a baseline key (e.g. AZR's task type): ``role_norm`` and ``rae``
+        keep their statistics per (game, role, key), so tasks of different difficulty
+        are not normalised against each other."""
+        self.keys[turn.id] = str(key)
+
+    def pool(self, name: str, capacity: int | None = None) -> "Pool":
+        """A named store the game keeps across episodes and steps (checkpointed, restored
+        exactly on resume): AZR's valid programs, SPELL's per-document history, eva's
+        prompts. ``capacity`` bounds its list (oldest items leave first)."""
+        if self._pools is None:
+            from rolekit.pools import Pools
+
+            self._pools = Pools()
+        return self._pools.get(name, capacity)
 
     def set_action(self, turn: Turn, action: str | None) -> None:
         """Record the move a game extracted from ``turn`` (None: invalid)."""
@@ -213,7 +266,8 @@ class Table:
             returns[role] = returns.get(role, 0.0) + x
         return Episode(game=self.game_name, seed=self.seed, turns=turns, rewards=dict(self.rewards),
                        returns=returns, seats=dict(self.seats), logs=dict(self.logs), error=error,
-                       info=dict(self.info))
+                       info=dict(self.info), dropped=dict(self.dropped), invalid=dict(self.invalids),
+                       keys=dict(self.keys), entry=self.entry)
 
 
 # --- responders ---------------------------------------------------------------------------
@@ -273,33 +327,49 @@ class ModelResponder:
             out[owner].append(Answer(
                 text=asks[owner].prefix + self.chat.decode(gen.completion_ids), prompt_ids=req.prompt_ids,
                 completion_ids=gen.completion_ids, logprobs=gen.logprobs, finish_reason=gen.finish_reason,
-                temperature=req.temperature,
+                temperature=req.temperature, max_new_tokens=req.max_new_tokens,
             ))
         return out
 
     def _choose(self, asks: Sequence[AskRequest]) -> list[list[Answer]]:
-        """Constrained answers: score every choice of every ask in one batch, sample n each
-        (temperature 0: the likeliest, n times)."""
+        """Constrained answers: score every legal answer of every ask by teacher forcing, one
+        backend call per distinct temperature (each ask at its own), and sample n each from
+        the model's likelihoods renormalised over the legal answers, cut by the ask's top_k
+        and top_p (``backends.hf.truncated``). Temperature 0: the likeliest, n times, scored
+        at temperature 1.
+
+        ``choice_logprob`` is log pi_T(answer | the legal answers) *before* the top-k/top-p
+        cut -- the convention of free-text logprobs (``backends.hf``): it is exactly what the
+        learner recomputes (``learner.policy_logprobs``), so the PPO ratio starts at 1. With
+        top_p = 1 and top_k = 0 (the defaults) it is the probability the answer was sampled
+        with; with a cut, sampling favours the kept answers as free-text sampling does.
+        """
         import torch
 
+        from rolekit.backends.hf import truncated
+
+        params = [{**self.defaults, **ask.sampling} for ask in asks]
+        temperatures = [p["temperature"] if p["temperature"] > 0 else 1.0 for p in params]
         pairs, spans = [], []
         for ask in asks:
             ids = self.prompt_ids(ask)
             start = len(pairs)
             pairs += [(ids, self.chat.text_ids(c)) for c in ask.choices]
             spans.append((start, len(pairs), ids))
-        requested = {**self.defaults, **(asks[0].sampling if asks else {})}["temperature"]
-        greedy = requested <= 0  # pick the likeliest answer; its logprobs are recorded at temperature 1
-        temperature = 1.0 if greedy else requested
-        scored = self.backend.score(pairs, temperature=temperature)
+        scored: list = [None] * len(pairs)
+        for temperature in dict.fromkeys(temperatures):  # one scoring pass per temperature
+            rows = [k for (start, end, _), t in zip(spans, temperatures) if t == temperature for k in range(start, end)]
+            for k, values in zip(rows, self.backend.score([pairs[k] for k in rows], temperature=temperature)):
+                scored[k] = values
         out = []
-        for ask, (start, end, ids) in zip(asks, spans):
+        for ask, p, temperature, (start, end, ids) in zip(asks, params, temperatures, spans):
             totals = torch.tensor([sum(scored[k]) for k in range(start, end)], dtype=torch.float64)
             log_choose = torch.log_softmax(totals, dim=0)
-            if greedy:
+            if p["temperature"] <= 0:  # greedy: the likeliest; its logprobs are recorded at temperature 1
                 picks = [int(torch.argmax(totals))] * ask.n
             else:
-                picks = torch.multinomial(log_choose.exp(), ask.n, replacement=True).tolist()
+                probs = truncated(log_choose.exp(), top_p=p["top_p"], top_k=p["top_k"])
+                picks = torch.multinomial(probs, ask.n, replacement=True).tolist()
             choice_ids = tuple(pairs[k][1] for k in range(start, end))
             out.append([Answer(text=ask.prefix + ask.choices[j], prompt_ids=ids, completion_ids=pairs[start + j][1],
                                logprobs=scored[start + j], finish_reason="stop", temperature=temperature,
@@ -339,6 +409,8 @@ class EpisodeSpec:
     game: Any  # a Game instance
     seed: int
     seats: dict[str, str] = attrs.Factory(dict)  # role -> responder name (default: "policy")
+    entry: int = 0  # the curriculum entry it belongs to
+    pools: Any = None  # the game's Pools (task pools kept across episodes), or None
 
 
 class _Running:
@@ -346,7 +418,7 @@ class _Running:
 
     def __init__(self, spec: EpisodeSpec, kernel, turn_ids):
         seats = {role: spec.seats.get(role, POLICY) for role in spec.game.role_names()}
-        self.table = Table(spec.game, spec.seed, seats, kernel, turn_ids)
+        self.table = Table(spec.game, spec.seed, seats, kernel, turn_ids, pools=spec.pools, entry=spec.entry)
         self.coro = spec.game.play(self.table)
         self.waiting: tuple[Ask, ...] = ()
 

@@ -89,6 +89,7 @@ class Turn:
     finish_reason: str = "stop"
     temperature: float = 1.0
     action: str | None = None  # the move a game extracted from ``text``, if any
+    max_new_tokens: int = 0  # the generation budget it was asked under (the ``constant`` loss denominator)
     # a constrained choice: the token ids of every legal answer offered, and log pi of the
     # chosen one among them (its share of their total probability), as sampled
     choice_ids: tuple[tuple[int, ...], ...] = attrs.field(converter=_tuples_of_ints, default=(), repr=False)
@@ -122,6 +123,10 @@ class Episode:
     logs: dict[str, float] = attrs.Factory(dict)
     error: str | None = None  # traceback of a quarantined episode
     info: dict[str, Any] = attrs.Factory(dict)  # game-specific outcome (winner, invalid, ...)
+    dropped: dict[int, str] = attrs.Factory(dict)  # turn id -> why the game excluded it from training
+    invalid: dict[int, str] = attrs.Factory(dict)  # turn id -> why the game marked it invalid (still trains)
+    keys: dict[int, str] = attrs.Factory(dict)  # turn id -> baseline key the game set (e.g. a task type)
+    entry: int = 0  # which curriculum entry the episode was played for
 
     @property
     def ok(self) -> bool:
@@ -129,6 +134,13 @@ class Episode:
 
     def turns_of(self, role: str) -> tuple[Turn, ...]:
         return tuple(t for t in self.turns if t.role == role)
+
+    def turn_reward(self, turn: Turn) -> float:
+        """Per-turn credit: what the game gave ``turn`` plus its role's terminal return
+        (the part of the role's return not given to any of its turns). In a turn-based
+        game turns carry no reward of their own, so every turn gets the outcome (SPIRAL)."""
+        own = sum(self.rewards.get(t.id, 0.0) for t in self.turns if t.role == turn.role)
+        return self.rewards.get(turn.id, 0.0) + self.returns.get(turn.role, 0.0) - own
 
 
 @attrs.frozen
@@ -144,6 +156,8 @@ class Sample:
     reward: float = 0.0
     temperature: float = 1.0
     turn: int = -1  # id of the Turn it came from
+    max_new_tokens: int = 0  # the generation budget of its ask: the ``constant`` aggregation's denominator
+    version: int = 0  # the training step whose policy generated it (leftover samples age out)
     # a constrained choice: every legal answer's token ids. The learner then trains
     # log pi(answer | one of these) -- the policy that was sampled -- and ``logprobs`` is
     # that one value at sampling time.
