@@ -1,8 +1,14 @@
-"""Advantage estimators: episodes in, training samples out.
+"""Advantage estimators: a step's episodes in, training samples out.
 
-Each estimator is constructed per configuration entry and handles the (episode, role)
-pairs routed to it; statistics are always kept per (game, role), never mixed across roles.
-Registered through ``rolekit_register_advantages`` by the built-in plugin.
+Each estimator is constructed per (name, options) the config asks for and handles the
+(episode, role) pairs routed to it -- every finished episode of the step at once, in the
+order they finished (deterministic for a seed). Credit is per turn: a turn's reward is
+what the game gave it plus its role's terminal return (``Episode.turn_reward``), so in a
+fan-out a right and a wrong answer of one ask are credited differently, while in a
+turn-based game every turn of a player gets the outcome (SPIRAL). Statistics are kept
+per (game, role[, the turn's baseline key]), never mixed across roles. Turns the game
+dropped (``table.drop``) never train. Registered through ``rolekit_register_advantages``
+by the built-in plugin.
 """
 
 from __future__ import annotations
@@ -19,21 +25,28 @@ RoleEpisode = tuple[Episode, str]  # one role's part of one episode
 
 def turn_reward(episode: Episode, turn: Turn) -> float:
     """The turn's own reward plus its role's terminal return (the part not given to a turn)."""
-    own = [episode.rewards.get(t.id, 0.0) for t in episode.turns if t.role == turn.role]
-    terminal = episode.returns.get(turn.role, 0.0) - sum(own)
-    return episode.rewards.get(turn.id, 0.0) + terminal
+    return episode.turn_reward(turn)
 
 
 def policy_turns(episode: Episode, role: str) -> list[Turn]:
-    """Turns of ``role`` answered by the trained policy (the only ones that train)."""
-    return [t for t in episode.turns if t.role == role and t.responder == POLICY and t.completion_ids]
+    """Turns of ``role`` answered by the trained policy and not dropped by the game (the
+    only ones that train)."""
+    return [t for t in episode.turns if t.role == role and t.responder == POLICY and t.completion_ids
+            and t.id not in episode.dropped]
+
+
+def stat_key(episode: Episode, turn: Turn) -> str:
+    """``game/role``, or ``game/role/key`` for a turn the game gave a baseline key."""
+    key = episode.keys.get(turn.id)
+    return f"{episode.game}/{turn.role}" if key is None else f"{episode.game}/{turn.role}/{key}"
 
 
 def _sample(episode: Episode, turn: Turn, advantage: float, reward: float) -> Sample:
     choice = bool(turn.choice_ids) and turn.choice_logprob is not None  # trained as the choice it was
     return Sample(game=episode.game, role=turn.role, prompt_ids=turn.prompt_ids, completion_ids=turn.completion_ids,
                   logprobs=(turn.choice_logprob,) if choice else turn.logprobs, advantage=advantage, reward=reward,
-                  temperature=turn.temperature, turn=turn.id, choice_ids=turn.choice_ids if choice else ())
+                  temperature=turn.temperature, turn=turn.id, choice_ids=turn.choice_ids if choice else (),
+                  max_new_tokens=turn.max_new_tokens)
 
 
 class _Stateless:
@@ -49,9 +62,12 @@ class _Stateless:
 class RAE:
     """Role-conditioned advantage estimation (SPIRAL, Liu et al. 2025, Alg. 1).
 
-    Per (game, role) an EMA baseline b, starting at 0. For each finished episode:
-    A = R_p - b (b read *before* the update), then b <- decay * b + (1 - decay) * R_p.
-    With gamma = 1 every policy turn of p gets A; zero-advantage turns are dropped.
+    Per (game, role) an EMA baseline b, starting at 0. For each finished episode, in
+    order: each policy turn t of p gets A_t = r_t - b (b read *before* the update), r_t
+    its per-turn credit; then b <- decay * b + (1 - decay) * mean_t r_t. In a turn-based
+    game r_t = R_p for every turn, which is SPIRAL's A = R_p - b exactly (gamma = 1).
+    Zero-advantage turns are dropped. Turns with a baseline key (``table.set_key``) keep
+    a baseline per (game, role, key).
 
     ``key="prompt"`` refines the baseline to one EMA per (game, role, exact prompt) -- a
     tabular state-value baseline, read before its update like the role one. A prompt seen
@@ -79,16 +95,22 @@ class RAE:
     def samples(self, items: Iterable[RoleEpisode]) -> list[Sample]:
         out = []
         for episode, role in items:
-            role_key = f"{episode.game}/{role}"
-            ret = episode.returns[role]
-            role_b = self.baselines.get(role_key, 0.0)
-            advantage = self._advantage(role_key, ret, 0.0)
+            groups: dict[str, list[Turn]] = defaultdict(list)
             for t in policy_turns(episode, role):
-                if self.key == "prompt":
-                    prompt_key = f"{role_key}/{hash(tuple(t.prompt_ids)):x}"
-                    advantage = self._advantage(prompt_key, ret, role_b)
-                if advantage != 0.0 or not self.drop_zero:
-                    out.append(_sample(episode, t, advantage, ret))
+                groups[stat_key(episode, t)].append(t)
+            if not groups:  # no turn to train (e.g. answered by a script): the return still updates b
+                self._advantage(f"{episode.game}/{role}", episode.returns[role], 0.0)
+            for role_key, turns in groups.items():
+                rewards = [episode.turn_reward(t) for t in turns]
+                role_b = self.baselines.get(role_key, 0.0)
+                self._advantage(role_key, statistics.fmean(rewards), 0.0)
+                for t, r in zip(turns, rewards):
+                    advantage = r - role_b
+                    if self.key == "prompt":
+                        prompt_key = f"{role_key}/{hash(tuple(t.prompt_ids)):x}"
+                        advantage = self._advantage(prompt_key, r, role_b)
+                    if advantage != 0.0 or not self.drop_zero:
+                        out.append(_sample(episode, t, advantage, r))
         return out
 
     def state_dict(self) -> dict:
@@ -117,7 +139,7 @@ class GRPO(_Stateless):
             for t in policy_turns(episode, role):
                 groups[t.ask].append(t)
             for turns in groups.values():
-                rewards = [turn_reward(episode, t) for t in turns]
+                rewards = [episode.turn_reward(t) for t in turns]
                 if len(rewards) < 2:
                     continue
                 mean = statistics.fmean(rewards)
@@ -130,7 +152,12 @@ class GRPO(_Stateless):
 
 
 class RoleNorm(_Stateless):
-    """Whiten rewards over the batch, separately per (game, role) (one sample per prompt)."""
+    """Whiten per-turn rewards over the whole step, separately per (game, role[, key]).
+
+    The estimator for a role with one turn per episode (SPELL's questioner, AZR's
+    proposer): its turns are compared with the same role's turns in the step's other
+    episodes (REINFORCE++ / AZR's task-relative baseline with the key set). A group of
+    one turn carries no signal (advantage 0, dropped)."""
 
     def __init__(self, eps: float = 1e-6, drop_zero: bool = True):
         self.eps, self.drop_zero = eps, drop_zero
@@ -139,7 +166,7 @@ class RoleNorm(_Stateless):
         by_key: dict[str, list[tuple[Episode, Turn, float]]] = defaultdict(list)
         for episode, role in items:
             for t in policy_turns(episode, role):
-                by_key[f"{episode.game}/{role}"].append((episode, t, turn_reward(episode, t)))
+                by_key[stat_key(episode, t)].append((episode, t, episode.turn_reward(t)))
         out = []
         for rows in by_key.values():
             rewards = [r for _, _, r in rows]
@@ -161,7 +188,7 @@ class Raw(_Stateless):
         out = []
         for episode, role in items:
             for t in policy_turns(episode, role):
-                r = turn_reward(episode, t)
+                r = episode.turn_reward(t)
                 if r != 0.0 or not self.drop_zero:
                     out.append(_sample(episode, t, r, r))
         return out

@@ -54,7 +54,10 @@ class RolloutConfig:
     batch_size: int = attrs.field(default=64, validator=_positive)  # max sequences per generate call
     temperature: float = attrs.field(default=1.0, validator=_non_negative)
     top_p: float = 1.0
-    max_new_tokens: int = attrs.field(default=16, validator=_positive)  # default per ask; games may set less
+    # generation budget of an ask that sets none (turn-based games in terse mode use it); each
+    # sample keeps the budget it was generated under, the ``constant`` aggregation's denominator
+    max_new_tokens: int = attrs.field(default=16, validator=_positive)
+    max_sample_age: int = attrs.field(default=1, validator=_non_negative)  # samples carried to a later step: at most this many policies old (older ones are dropped, counted as stale)
 
 
 @attrs.frozen
@@ -72,7 +75,7 @@ class AlgorithmConfig:
     kl_estimator: str = attrs.field(default="k3", validator=attrs.validators.in_(("k1", "k2", "k3")))
     max_grad_norm: float = attrs.field(default=1.0, validator=_positive)
     micro_batch_tokens: int = attrs.field(default=1024, validator=_positive)  # learner tokens per micro-batch (memory)
-    recompute_logprobs: bool = False  # True: old logprobs from a forward pass, not from generation
+    recompute_logprobs: bool | None = None  # old logprobs from a forward pass (True) or generation (False); None: on CUDA only (bf16 generation logprobs differ from the learner's)
     advantage: str = "rae"  # default estimator: rae, grpo, role_norm, raw (or a plugin's)
     advantage_options: dict[str, Any] = attrs.Factory(dict)  # e.g. {decay = 0.95} for rae
     max_nonfinite_steps: int = 3  # abort after this many consecutive non-finite losses
@@ -86,7 +89,10 @@ class GameConfig:
     seats: dict[str, str] = attrs.Factory(dict)  # role -> "policy" | "scripted:NAME" | "snapshot"
     alternate: bool = True  # rotate the seat map every episode (policy plays every seat)
     mirror: bool = False  # play each deal twice with seats swapped
-    advantage: str | None = None  # override the default estimator for this game
+    # this game's estimator: one name, or a table role -> name (e.g. {questioner = "role_norm",
+    # responder = "grpo"}); roles it leaves out use algorithm.advantage
+    advantage: Any = attrs.field(default=None, validator=lambda i, a, v: _estimator_choice(v))
+    advantage_options: dict[str, dict[str, Any]] = attrs.Factory(dict)  # per estimator name: {rae = {decay = 0.9}}
     start_step: int = 0  # active from this step ...
     end_step: int | None = None  # ... until (excluding) this one
 
@@ -129,6 +135,14 @@ class TrainConfig:
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
+
+
+def _estimator_choice(value) -> None:
+    if value is None or isinstance(value, str):
+        return
+    if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return
+    raise ValueError(f"advantage must be an estimator name or a table role -> name, got {value!r}")
 
 
 def _nonempty(curriculum) -> None:

@@ -8,8 +8,10 @@ default). Read ``Trainer.run`` top to bottom: that is the whole algorithm.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -25,7 +27,9 @@ from rolekit import checkpoint, report
 from rolekit.config import TrainConfig, to_toml
 from rolekit.learner import Learner
 from rolekit.plugins import Kernel
-from rolekit.rollout import SCRIPTED, make_game, scripted_responders, summarize
+from rolekit.advantages import policy_turns
+from rolekit.pools import Pools
+from rolekit.rollout import SCRIPTED, make_game, rotate, scripted_responders, summarize
 from rolekit.table import POLICY, EpisodeSpec, ModelResponder, Scheduler
 from rolekit.types import Episode, Sample
 
@@ -54,6 +58,8 @@ class Curriculum:
         self.rng = random.Random(config.seed)
         self.next_seed = config.seed * 1_000_003
         self.counts = [0] * len(self.entries)
+        self.last_seed = [None] * len(self.entries)  # per entry: the deal a mirrored pair replays
+        self.pools = [Pools() for _ in self.entries]  # per entry: the game's task pools
 
     def active(self, step: int) -> list[int]:
         out = [i for i, e in enumerate(self.entries)
@@ -68,28 +74,65 @@ class Curriculum:
         entry, game = self.entries[i], self.games[i]
         n = self.counts[i]
         self.counts[i] += 1
-        if entry.mirror and n % 2 == 1:
-            seed = self.next_seed - 1  # replay the previous deal with the seats swapped
+        mirrored = entry.mirror and n % 2 == 1 and self.last_seed[i] is not None
+        if mirrored:
+            seed = self.last_seed[i]  # this game's previous deal again, the seats swapped
         else:
-            seed = self.next_seed
+            seed = self.last_seed[i] = self.next_seed
             self.next_seed += 1
-        roles = list(game.role_names())
-        base = [entry.seats.get(r, POLICY) for r in roles]
-        shift = (n if entry.alternate else 0) + (n % 2 if entry.mirror else 0)
+        # mirrored pairs rotate once per pair (then once more inside it); plain ones every episode
+        shift = ((n // 2 if entry.mirror else n) if entry.alternate else 0) + (n % 2 if entry.mirror else 0)
         seats = {}
-        for k, role in enumerate(roles):
-            who = base[(k - shift) % len(roles)]
+        for role, who in rotate(game, {r: entry.seats.get(r, POLICY) for r in game.role_names()}, shift).items():
             if who == SNAPSHOT:
                 who = f"{SNAPSHOT}:{self.rng.randrange(pool_size)}" if pool_size else POLICY
             seats[role] = who
-        return EpisodeSpec(game, seed, seats)
+        return EpisodeSpec(game, seed, seats, entry=i, pools=self.pools[i])
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate(), "next_seed": self.next_seed, "counts": list(self.counts)}
+        return {"rng": self.rng.getstate(), "next_seed": self.next_seed, "counts": list(self.counts),
+                "last_seed": list(self.last_seed), "pools": [p.state_dict() for p in self.pools]}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.setstate(state["rng"])
         self.next_seed, self.counts = state["next_seed"], list(state["counts"])
+        self.last_seed = list(state.get("last_seed", [None] * len(self.entries)))
+        for pools, saved in zip(self.pools, state.get("pools", [])):
+            pools.load_state_dict(saved)
+
+
+def resolve_estimators(entry, game, alg) -> dict[str, tuple[str, dict, str]]:
+    """role -> (estimator name, options, label) for one curriculum entry.
+
+    ``entry.advantage``: one name for every role, or a table role -> name; roles it does
+    not name use the game's own choice (``Game.estimators``), else ``algorithm.advantage``. Options: ``algorithm.advantage_options`` for the
+    default estimator, updated by the entry's ``advantage_options[name]``. The label names
+    the estimator instance (its name, plus its options when they are not the default's), so
+    roles with the same name and options share one (and its baselines, kept per role)."""
+    roles = game.role_names()
+    chosen = entry.advantage if isinstance(entry.advantage, dict) else {r: entry.advantage for r in roles}
+    for role in chosen:
+        if role not in roles:
+            close = difflib.get_close_matches(role, roles, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"curriculum game {entry.game!r}: advantage names role {role!r}, which the game does "
+                             f"not have{hint} (roles: {', '.join(roles)})")
+    out = {}
+    for role in roles:
+        name = chosen.get(role) or getattr(game, "estimators", {}).get(role) or alg.advantage
+        default = dict(alg.advantage_options) if name == alg.advantage else {}
+        options = {**default, **entry.advantage_options.get(name, {})}
+        label = name if options == default else f"{name}{json.dumps(options, sort_keys=True)}"
+        out[role] = (name, options, label)
+    used = sorted({name for name, _, _ in out.values()})
+    for name in entry.advantage_options:
+        if name not in used:
+            close = difflib.get_close_matches(name, used, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"curriculum game {entry.game!r}: advantage_options for {name!r}, an estimator no role "
+                             f"of it uses{hint} (used: {', '.join(used)}; options go under the estimator's name, "
+                             f"e.g. advantage_options = {{ rae = {{ decay = 0.9 }} }})")
+    return out
 
 
 # --- the policy --------------------------------------------------------------------------------
@@ -104,7 +147,8 @@ class Policy:
         from rolekit.models import load_model
 
         self.config = config
-        loaded = load_model(config.model.name, device=config.model.device)
+        loaded = load_model(config.model.name, device=config.model.device,  # full FT: fp32 master weights
+                            finetune="lora" if config.lora.enabled else "full")
         self.tokenizer, self.device = loaded.tokenizer, loaded.device
         model = loaded.model
         if config.lora.enabled:
@@ -122,7 +166,14 @@ class Policy:
         self.chat = ChatTokenizer(self.tokenizer)
         self.backend = HFBackend(model, self.chat, max_batch_size=config.rollout.batch_size)
         self.pool: list[dict[str, torch.Tensor]] = []
+        # Full fine-tuning with a KL term: the reference is the initial model, copied now,
+        # before any checkpoint is loaded into the trained one (a lazy copy made after a
+        # --resume would be the trained checkpoint, and the KL would read 0).
         self._reference_model = None
+        if not config.lora.enabled and config.algorithm.kl_beta > 0:
+            import copy
+
+            self._reference_model = copy.deepcopy(model).requires_grad_(False).eval()
 
     def responder(self, name: str = POLICY) -> ModelResponder:
         r = self.config.rollout
@@ -156,9 +207,8 @@ class Policy:
                     yield self.model
             return disabled()
         if self._reference_model is None:
-            import copy
-
-            self._reference_model = copy.deepcopy(self.model).requires_grad_(False)
+            raise ValueError("a reference policy needs algorithm.kl_beta > 0 (full fine-tuning copies the initial "
+                             "model at start-up)")
         return contextlib.nullcontext(self._reference_model)
 
     def snapshot(self, pool_size: int) -> None:
@@ -208,10 +258,19 @@ class Trainer:
         self.curriculum = Curriculum(self.kernel, config)
         self.policy = Policy(config)
         alg = config.algorithm
-        self.estimators = {}
-        for name in {alg.advantage, *(e.advantage for e in config.curriculum if e.advantage)}:
-            options = alg.advantage_options if name == alg.advantage else {}
-            self.estimators[name] = self.kernel.advantages.get(name)(**options)
+        # --- advantage estimators: one per (name, options); each (entry, role) routed to one
+        self.estimators: dict[str, Any] = {}
+        self.route: dict[tuple[int, str], str] = {}
+        for i, (entry, game) in enumerate(zip(config.curriculum, self.curriculum.games)):
+            for role, (name, options, label) in resolve_estimators(entry, game, alg).items():
+                if label not in self.estimators:
+                    factory = self.kernel.advantages.get(name)
+                    try:
+                        self.estimators[label] = factory(**options)
+                    except (TypeError, ValueError) as exc:
+                        raise ValueError(f"curriculum game {entry.game!r}: estimator {name!r} options {options}: "
+                                         f"{exc}") from None
+                self.route[(i, role)] = label
         self.learner = Learner(self.policy.model, list(self.policy.params.values()), alg,
                                device=self.policy.device, reference=self.policy.reference)
         self.scripted = {}
@@ -220,6 +279,7 @@ class Trainer:
             self.scripted.update(scripted_responders(self.kernel, game, seats))
         self.step = 0
         self.leftover: list[Sample] = []
+        self.stale: dict[str, int] = {}  # game/role -> leftover samples dropped this step as too old
         self.nonfinite_streak = 0
         self.elapsed = 0.0
         if resume is not None:
@@ -230,7 +290,7 @@ class Trainer:
     def run(self) -> list[dict]:
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.toml").write_text(to_toml(cfg))
+        (self.out / "config.toml").write_text(to_toml(self.resolved_config()))
         history = []
         budget = cfg.algorithm.max_minutes
         deadline = None if budget is None else time.perf_counter() + 60.0 * budget
@@ -264,7 +324,12 @@ class Trainer:
                 metrics["timing"] = {k: round(v, 3) for k, v in timing.items()}
                 if cfg.eval.every and (self.step % cfg.eval.every == 0 or last):
                     eval_start = time.perf_counter()
-                    metrics["eval"] = self.evaluate()
+                    try:
+                        metrics["eval"] = self.evaluate()
+                    except Exception as exc:  # an evaluation never costs the run its checkpoint
+                        print(f"rolekit: step {self.step}: evaluation failed: {type(exc).__name__}: {exc}",
+                              file=sys.stderr)
+                        metrics["eval"] = {"error": f"{type(exc).__name__}: {exc}"}
                     metrics["timing"]["eval"] = round(time.perf_counter() - eval_start, 3)
                 self.kernel.step_end(self.step, metrics)
                 self._write(metrics, episodes, batch)
@@ -277,50 +342,98 @@ class Trainer:
                 show(metrics)
         return history
 
+    def resolved_config(self) -> TrainConfig:
+        """The config as run: each curriculum entry names every role's estimator and options."""
+        entries = []
+        for i, (entry, game) in enumerate(zip(self.config.curriculum, self.curriculum.games)):
+            resolved = resolve_estimators(entry, game, self.config.algorithm)
+            options = {name: opts for name, opts, _ in resolved.values() if opts}
+            entries.append(attrs.evolve(entry, advantage={r: name for r, (name, _, _) in resolved.items()},
+                                        advantage_options=options))
+        return attrs.evolve(self.config, curriculum=tuple(entries))
+
     def _rollout(self) -> tuple[list[Episode], list[Sample]]:
         """Play episodes until there are ``samples_per_step`` samples; finish those in flight.
 
         New episodes start only while the samples in hand plus those expected from the
-        episodes in flight fall short of the target, so a step does not overshoot.
+        episodes in flight fall short of the target, so a step does not overshoot. The
+        estimators then see all the round's finished episodes at once; a round whose
+        estimators dropped too many turns (zero advantages) is topped up by another.
         """
         target = self.config.rollout.samples_per_step
-        samples = list(self.leftover)
+        samples = self._fresh_leftover()
         episodes: list[Episode] = []
         pool = len(self.policy.pool)
         responders = {POLICY: self.policy.responder(), **self.scripted}
         responders.update({f"{SNAPSHOT}:{i}": SnapshotResponder(f"{SNAPSHOT}:{i}", self.policy, i)
                            for i in range(pool)})
         scheduler = Scheduler(responders, kernel=self.kernel, concurrency=self.config.rollout.concurrency)
-        started = 0
+        started, candidates, kept_ratio = 0, 0, 1.0
         limit = max(1000, 50 * target)  # episodes without a sample before giving up
+        carried = len(samples)
 
-        def source() -> Iterator[EpisodeSpec]:
+        def source(in_hand: int, round_candidates: list[int]) -> Iterator[EpisodeSpec]:
             nonlocal started
             while True:
-                per_episode = (len(samples) - len(self.leftover)) / len(episodes) if episodes else 1.0
-                in_flight = started - len(episodes)
-                if len(samples) + in_flight * max(per_episode, 0.05) >= target:
+                finished = len(episodes)
+                per_episode = candidates / finished if finished else 1.0  # trainable turns per episode
+                expected = round_candidates[0] + (started - finished) * max(per_episode, 0.05)
+                if in_hand + kept_ratio * expected >= target:
                     return
                 started += 1
                 yield self.curriculum.next_spec(self.step, pool)
 
         while len(samples) < target:
-            for episode in scheduler.run(source()):
+            fresh: list[Episode] = []
+            round_candidates = [0]
+            for episode in scheduler.run(source(len(samples), round_candidates)):
                 episodes.append(episode)
-                if episode.ok and not episode.info.get("dropped"):
-                    samples += self._advantages(episode)
-            if len(episodes) >= limit and len(samples) <= len(self.leftover):
+                fresh.append(episode)
+                n = self._trainable(episode)
+                candidates += n
+                round_candidates[0] += n
+            new = self._advantages(fresh)
+            samples += new
+            if round_candidates[0]:
+                kept_ratio = max(len(new) / round_candidates[0], 0.05)
+            if len(episodes) >= limit and len(samples) <= carried:
                 raise TrainingAborted(
-                    f"{len(episodes)} episodes gave no training sample: every advantage was 0 or no seat is "
-                    f"played by the policy (estimator {self.config.algorithm.advantage!r}: grpo needs asks "
-                    f"with n > 1; rae drops turns whose return equals the baseline)")
+                    f"{len(episodes)} episodes gave no training sample: every advantage was 0, every turn was "
+                    f"dropped, or no seat is played by the policy (estimators: {', '.join(self.estimators)}; grpo "
+                    f"needs asks with n > 1 and differing rewards; rae drops turns whose reward equals the baseline)")
         return episodes, samples
 
-    def _advantages(self, episode: Episode) -> list[Sample]:
-        entry = next(e for e in self.config.curriculum if e.game == episode.game)
-        estimator = self.estimators[entry.advantage or self.config.algorithm.advantage]
-        roles = [r for r, who in episode.seats.items() if who == POLICY]
-        return estimator.samples([(episode, role) for role in roles])
+    def _fresh_leftover(self) -> list[Sample]:
+        """The samples carried from earlier steps that are young enough to train on
+        (``rollout.max_sample_age`` steps); the rest are dropped and counted."""
+        max_age = self.config.rollout.max_sample_age
+        self.stale = defaultdict(int)
+        fresh = []
+        for s in self.leftover:
+            if self.step - s.version <= max_age:
+                fresh.append(s)
+            else:
+                self.stale[f"{s.game}/{s.role}"] += 1
+        return fresh
+
+    def _trainable(self, episode: Episode) -> int:
+        """Policy turns of ``episode`` the estimators may train on (before they drop any)."""
+        if not episode.ok or episode.info.get("dropped"):
+            return 0
+        return sum(len(policy_turns(episode, role)) for role, who in episode.seats.items() if who == POLICY)
+
+    def _advantages(self, episodes: list[Episode]) -> list[Sample]:
+        """Every estimator sees all of its (episode, role) pairs of ``episodes`` at once."""
+        routed: dict[str, list[tuple[Episode, str]]] = {}
+        for episode in episodes:
+            if not episode.ok or episode.info.get("dropped"):
+                continue
+            for role, who in episode.seats.items():
+                if who == POLICY:
+                    routed.setdefault(self.route[(episode.entry, role)], []).append((episode, role))
+        fallback = self.config.rollout.max_new_tokens
+        return [attrs.evolve(s, version=self.step, max_new_tokens=s.max_new_tokens or fallback)
+                for label, items in routed.items() for s in self.estimators[label].samples(items)]
 
     def _check_finite(self, learned: dict) -> None:
         if not learned.get("nonfinite"):
@@ -335,51 +448,52 @@ class Trainer:
     # --- evaluation ---------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, Any]:
-        """Win rates vs scripted opponents and exact Kuhn exploitability (same code as rolekit eval)."""
+        """What each game offers (``Game.evaluate``: scripted opponents, exact exploitability,
+        a held-out task set), through the same code as ``rolekit eval``. A failing
+        evaluation is reported in its game's result, never raised."""
         from rolekit import evaluate
         from rolekit.models import LoadedModel
 
-        cfg, temperature = self.config.eval, self.config.rollout.temperature
+        cfg = self.config.eval
         policy = evaluate.Policy(POLICY, self.policy.responder(), model=LoadedModel(
             self.policy.model, self.policy.tokenizer, self.config.model.name, self.policy.device),
             backend=self.policy.backend, chat=self.policy.chat)
         out: dict[str, Any] = {}
         for game in {g.name: g for g in self.curriculum.games}.values():
-            result: dict[str, Any] = {}
-            for name in cfg.opponents:
-                entry = self.kernel.opponents.entry(name)
-                if entry.meta.get("games") is not None and game.name not in entry.meta["games"]:
-                    continue
-                with torch.random.fork_rng():  # evaluation must not shift the training RNG stream
-                    torch.manual_seed(self.config.seed + self.step)
-                    episodes = evaluate.play_against(self.kernel, game, policy, name, episodes=cfg.episodes,
-                                                     seed=10**9 + self.step)
-                result[name] = {k: v for k, v in evaluate.score(episodes).items() if k != "by_seat"}
-            if cfg.exploitability and hasattr(game, "information_sets") and hasattr(game, "exploitability") \
-                    and getattr(game, "mode", "") == "terse":
-                table = evaluate.strategy(game, policy, temperature=temperature)
-                result["exploitability"] = {"exploitability": table["exploitability"], "infosets": table["infosets"]}
-            out[game.name] = result
+            ev = evaluate.Evaluator(self.kernel, game, policy, opponents=cfg.opponents, episodes=cfg.episodes,
+                                    seed=10**9 + self.step, torch_seed=self.config.seed + self.step,
+                                    exploitability=cfg.exploitability, temperature=self.config.rollout.temperature)
+            result = evaluate.run_evaluations(ev)
+            if result:
+                out[game.name] = result
         return out
 
     # --- logging -----------------------------------------------------------------------------
 
     def _metrics(self, episodes, batch, learned, seconds, tokens) -> dict[str, Any]:
         by_role: dict[str, dict[str, Any]] = {}
+        games = {g.name: g for g in self.curriculum.games}
+        version = self.step - 1  # the policy this step's episodes were played with
+        trained = {s.turn for s in batch if s.version == version}
+        carried = {s.turn for s in self.leftover if s.version == version}
         for game in sorted({e.game for e in episodes}):
-            policy_eps = [e for e in episodes if e.game == game]
-            summary = summarize(policy_eps)
-            for role, s in summary.items():
+            outcomes = getattr(games.get(game), "outcomes", False)
+            game_eps = [e for e in episodes if e.game == game]
+            for role, s in summarize(game_eps).items():
                 key = f"{game}/{role}"
-                played = [e for e in policy_eps if e.ok and e.seats.get(role) == POLICY]
-                row = {k: v for k, v in s.items()}
+                row = {k: v for k, v in s.items() if outcomes or k in ("episodes", "mean_return")}
+                played = [e for e in game_eps if e.ok and e.seats.get(role) == POLICY]
                 row["policy_episodes"] = len(played)
                 if played:
                     row["mean_return"] = statistics.fmean(e.returns[role] for e in played)
-                    for k in ("win", "loss", "invalid"):
-                        row[k] = sum(_outcome(e, role) == k for e in played) / len(played)
-                    row["draw"] = sum(_outcome(e, role) == "draw" for e in played) / len(played)
+                    if outcomes:
+                        for k in ("win", "draw", "loss", "invalid"):
+                            row[k] = sum(_outcome(e, role) == k for e in played) / len(played)
+                    row.update(_turn_metrics(played, role, trained, carried))
                 by_role[key] = row
+        for key, count in self.stale.items():
+            reasons = by_role.setdefault(key, {}).setdefault("dropped", {})
+            reasons["stale"] = reasons.get("stale", 0) + count
         for key, rows in _group(batch).items():
             adv = [s.advantage for s in rows]
             row = by_role.setdefault(key, {})
@@ -387,6 +501,10 @@ class Trainer:
                        adv_std=statistics.pstdev(adv) if len(adv) > 1 else 0.0,
                        response_length=statistics.fmean(len(s.completion_ids) for s in rows))
             row.update(learned.get("by_role", {}).get(key, {}))
+        for (i, role), label in self.route.items():
+            key = f"{self.config.curriculum[i].game}/{role}"
+            if key in by_role:
+                by_role[key]["estimator"] = label
         for est in self.estimators.values():
             for key, b in est.state_dict().get("baselines", {}).items():
                 if key.count("/") != 1:
@@ -394,7 +512,8 @@ class Trainer:
                 by_role.setdefault(key, {})["baseline"] = b
         return {
             "step": self.step, "episodes": len(episodes), "quarantined": sum(not e.ok for e in episodes),
-            "samples": len(batch), "leftover": len(self.leftover), "tokens": tokens,
+            "samples": len(batch), "leftover": len(self.leftover), "stale_dropped": sum(self.stale.values()),
+            "tokens": tokens,
             "trained_tokens": learned.get("trained_tokens", 0), "seconds": round(seconds, 3),
             "elapsed": round(self.elapsed, 3),
             "episodes_per_s": len(episodes) / seconds if seconds else 0.0,
@@ -407,7 +526,7 @@ class Trainer:
     def _write(self, metrics: dict, episodes: list[Episode], batch: list[Sample]) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics, default=_jsonable) + "\n")
-        advantage = {s.turn: s.advantage for s in batch}
+        advantage = {s.turn: s.advantage for s in batch if s.version == self.step - 1}
         keep = episodes[: self.config.logging.episodes_per_step]
         with open(self.out / "episodes.jsonl", "a") as f:
             for e in keep:
@@ -455,8 +574,11 @@ class Trainer:
         state = checkpoint.load_state(found)
         self.policy.load_checkpoint(found)
         self.learner.load_state_dict(state["optimizer"])
-        for name, s in state["estimators"].items():
-            self.estimators[name].load_state_dict(s)
+        for label, s in state["estimators"].items():
+            if label not in self.estimators:
+                raise ValueError(f"--resume {found}: the checkpoint has estimator {label!r}, which this config "
+                                 f"does not use (it uses {', '.join(self.estimators)})")
+            self.estimators[label].load_state_dict(s)
         self.curriculum.load_state_dict(state["curriculum"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
@@ -465,7 +587,27 @@ class Trainer:
         self.policy.pool = state["pool"]
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.nonfinite_streak = state["nonfinite_streak"]
+        for name in ("metrics.jsonl", "episodes.jsonl"):
+            _truncate_log(self.out / name, self.step)
         print(f"rolekit: resumed from {found} at step {self.step}", file=sys.stderr)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep only the lines of a run log up to ``step``: a run resumed from an older
+    checkpoint rewrites the steps after it, and must not log them twice."""
+    if not path.is_file():
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, AttributeError):
+                continue  # a line cut short by a kill
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -476,6 +618,34 @@ def _outcome(episode: Episode, role: str) -> str:
         return "invalid"
     winner = episode.info.get("winner")
     return "draw" if winner is None else "win" if winner == role else "loss"
+
+
+def _turn_metrics(played: list[Episode], role: str, trained: set[int], carried: set[int]) -> dict[str, Any]:
+    """Per-turn figures of ``role``'s policy turns: count, mean credit per turn, and the
+    turns the game marked invalid or dropped (and the estimators dropped: zero_advantage),
+    by reason. ``trained``/``carried``: turn ids in this step's batch / kept for the next."""
+    turns = [(e, t) for e in played for t in e.turns if t.role == role and t.responder == POLICY]
+    if not turns:
+        return {"turns": 0}
+    invalid: dict[str, int] = defaultdict(int)
+    dropped: dict[str, int] = defaultdict(int)
+    for e, t in turns:
+        if t.id in e.invalid:
+            invalid[e.invalid[t.id]] += 1
+        if t.id in e.dropped:
+            dropped[e.dropped[t.id]] += 1
+    trainable = [t for e in played for t in policy_turns(e, role)]
+    untrained = sum(t.id not in trained and t.id not in carried for t in trainable)
+    if untrained:
+        dropped["zero_advantage"] += untrained
+    out: dict[str, Any] = {"turns": len(turns),
+                           "reward_per_turn": statistics.fmean(e.turn_reward(t) for e, t in turns),
+                           "invalid_turns": sum(invalid.values()) / len(turns)}
+    if invalid:
+        out["invalid_reasons"] = dict(invalid)
+    if dropped:
+        out["dropped"] = dict(dropped)
+    return out
 
 
 def _group(samples: list[Sample]) -> dict[str, list[Sample]]:
@@ -510,8 +680,12 @@ def _status(m: dict) -> str:
     elif m.get("seconds"):
         parts.append(f"{m['samples'] / m['seconds']:.1f} decisions/s")
     for key, row in sorted(m["roles"].items()):
-        if "mean_return" in row:
+        if "win" in row:  # a game with outcomes: its return and invalid-move rate
             parts.append(f"{key} R={row['mean_return']:+.2f} inv={row.get('invalid', 0):.2f}")
+        elif "reward_per_turn" in row:
+            parts.append(f"{key} r/turn={row['reward_per_turn']:+.2f} inv={row.get('invalid_turns', 0):.2f}")
+    if m.get("stale_dropped"):
+        parts.append(f"stale {m['stale_dropped']}")
     return "  ".join(parts)
 
 
@@ -524,4 +698,9 @@ def _line(m: dict) -> str:
                 line += f"  | eval {game} exploitability {v['exploitability']:.3f}"
             elif isinstance(v, dict) and "win" in v:
                 line += f"  | eval {game} vs {k}: win {v['win']:.2f}"
+            elif isinstance(v, dict):
+                figures = [f"{name} {x:.3f}" for name, x in v.items() if isinstance(x, float)][:2]
+                line += f"  | eval {game} {k}: {', '.join(figures)}" if figures else ""
+            elif k == "error":
+                line += f"  | eval {game} FAILED"
     return line

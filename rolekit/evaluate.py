@@ -19,10 +19,12 @@ Two kinds of evaluation:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import statistics
+import sys
 import time
 from collections import Counter
 from typing import Any, Callable, Mapping, Sequence
@@ -32,7 +34,7 @@ import attrs
 from rolekit import rollout
 from rolekit.game import MoveInfo
 from rolekit.plugins import Kernel
-from rolekit.table import POLICY, ModelResponder, Responder, ScriptedResponder, Scheduler
+from rolekit.table import POLICY, EpisodeSpec, ModelResponder, Responder, ScriptedResponder, Scheduler
 from rolekit.types import Episode
 
 PolicyTable = dict[str, dict[str, float]]  # information set -> {legal action: probability}
@@ -71,8 +73,93 @@ def load_policy(kernel: Kernel, game, name: str, *, device: str = "cpu", tempera
         raise ValueError(f"{exc} (or scripted:NAME for a scripted policy)") from None
     chat = ChatTokenizer(loaded.tokenizer)
     backend = HFBackend(loaded.model, chat, max_batch_size=batch_size)
-    responder = ModelResponder(POLICY, backend, chat, temperature=temperature)
+    responder = ModelResponder(POLICY, backend, chat, temperature=temperature, max_new_tokens=16)
     return Policy(name, responder, model=loaded, backend=backend, chat=chat)
+
+
+# --- what a game's evaluate() gets ------------------------------------------------------------
+
+
+class Evaluator:
+    """The evaluated policy and the ways a game's ``evaluate`` can use it.
+
+    ``opponents``, ``episodes``, ``exploitability``: what the run's ``[eval]`` section
+    asks for; ``seed``: this evaluation's seed (fixed per step, so a re-run matches).
+    """
+
+    def __init__(self, kernel: Kernel, game, policy: Policy, *, opponents: Sequence[str] = ("random",),
+                 episodes: int = 64, seed: int = 0, torch_seed: int | None = None, exploitability: bool = True,
+                 temperature: float = 1.0, concurrency: int = 64):
+        self.kernel, self.game, self.policy = kernel, game, policy
+        self.opponents, self.episodes, self.seed = tuple(opponents), episodes, seed
+        self.torch_seed = seed if torch_seed is None else torch_seed
+        self.exploitability, self.temperature, self.concurrency = exploitability, temperature, concurrency
+
+    def plays(self, opponent: str) -> bool:
+        """Whether the scripted ``opponent`` is registered and plays this game."""
+        name = opponent.removeprefix(rollout.SCRIPTED)
+        if name not in self.kernel.opponents:
+            return False
+        games = self.kernel.opponents.entry(name).meta.get("games")
+        return games is None or self.game.name in games
+
+    def play_against(self, opponent: str, episodes: int | None = None, *, mirror: bool = False) -> dict[str, Any]:
+        """Win/draw/loss/invalid rates and mean return against a scripted opponent, the
+        policy's seat alternating (``score`` without the per-seat split)."""
+        with _seeded(self.torch_seed):  # evaluation must not shift the training RNG stream
+            played = play_against(self.kernel, self.game, self.policy, opponent, seed=self.seed, mirror=mirror,
+                                  episodes=self.episodes if episodes is None else episodes,
+                                  concurrency=self.concurrency)
+        return {k: v for k, v in score(played).items() if k != "by_seat"}
+
+    def strategy(self) -> dict[str, Any]:
+        """Exact exploitability and the strategy table (games with information sets)."""
+        table = strategy(self.game, self.policy, temperature=self.temperature)
+        return {"exploitability": table["exploitability"], "infosets": table["infosets"]}
+
+    def ask(self, role: str, prompts: Sequence[Any], **options) -> list[Any]:
+        """The policy's answer (a ``Turn``) to each prompt, asked as ``role`` in one batch:
+        a held-out task set. ``options``: what ``table.ask`` takes (``temperature=0``
+        for greedy answers, ``max_new_tokens``, ``choices``, ``prefix``, ...)."""
+        from rolekit.game import Game
+        from rolekit.types import Role
+
+        class HeldOut(Game):
+            name = f"{self.game.name}:eval"
+            roles = (Role(role),)
+
+            async def play(_, table):
+                await table.ask(role, prompts[table.seed], **options)
+
+        specs = [EpisodeSpec(HeldOut(), i, {role: POLICY}) for i in range(len(prompts))]
+        with _seeded(self.torch_seed):
+            done = list(Scheduler({POLICY: self.policy.responder}, kernel=self.kernel,
+                                  concurrency=self.concurrency).run(specs))
+        failed = next((e for e in done if not e.ok), None)
+        if failed is not None:
+            raise RuntimeError(f"a held-out ask raised: {failed.error.strip().splitlines()[-1]}")
+        return [e.turns[0] for e in sorted(done, key=lambda e: e.seed)]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
+def run_evaluations(ev: Evaluator) -> dict[str, Any]:
+    """What ``ev.game`` offers (its ``evaluate``); a raising one becomes ``{"error": ...}``
+    with a warning, never an exception: a failing evaluation must not cost a run its
+    checkpoint."""
+    try:
+        return ev.game.evaluate(ev)
+    except Exception as exc:  # reported, not fatal
+        message = f"{type(exc).__name__}: {exc}"
+        print(f"rolekit: evaluation of {ev.game.name!r} failed: {message}", file=sys.stderr)
+        return {"error": message}
 
 
 # --- play against an opponent ---------------------------------------------------------------
@@ -231,7 +318,7 @@ def sampled_policy_table(backend, chat, game, *, samples: int, temperature: floa
         start = _answer_start(game, state, role)
         ids = chat.encode(game.messages(state, role)) + (answer_ids(chat, start) if start else ())
         for _ in range(samples):
-            requests.append(GenerationRequest(prompt_ids=ids, max_new_tokens=game.max_new_tokens,
+            requests.append(GenerationRequest(prompt_ids=ids, max_new_tokens=game.max_new_tokens or 16,
                                               temperature=temperature))
             owners.append(key)
     counts: dict[str, Counter] = {key: Counter() for key in sets}

@@ -243,6 +243,8 @@ class Learner:
     def step(self, samples: Sequence[Sample], max_new_tokens: int) -> dict[str, Any]:
         """``ppo_epochs`` optimizer steps over ``samples``; returns learner metrics.
 
+        The ``constant`` aggregation divides each sample by the budget it was generated
+        under (``Sample.max_new_tokens``; ``max_new_tokens`` for a sample that has none).
         Non-finite losses skip the update (metrics carry ``nonfinite=True``).
         """
         cfg = self.cfg
@@ -285,8 +287,10 @@ class Learner:
                     loss_tok = loss_tok + cfg.kl_beta * kl_tok
                 if bonus:  # maximise the policy's entropy: keeps a choice from saturating before it is learned
                     loss_tok = loss_tok - cfg.entropy_coef * entropy
+                budgets = torch.tensor([[float(s.max_new_tokens or max_new_tokens)] for s in batch],
+                                       device=self.device)  # (B, 1)
                 weights = token_weights(mask, cfg.aggregation, num_sequences=n_seq, num_tokens=n_tok,
-                                        max_new_tokens=max_new_tokens)
+                                        max_new_tokens=budgets)
                 loss = (weights * loss_tok).sum()
                 if not torch.isfinite(loss):
                     nonfinite = True

@@ -12,13 +12,14 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def token_weights(mask: torch.Tensor, aggregation: str, *, num_sequences: int, num_tokens: int,
-                  max_new_tokens: int) -> torch.Tensor:
+                  max_new_tokens: "int | torch.Tensor") -> torch.Tensor:
     """Per-token weights w such that loss = sum(w * per_token_loss) over the *whole* batch.
 
     Denominators are global (``num_sequences`` / ``num_tokens`` of the full rollout batch),
     so micro-batches can be summed into exactly the full-batch loss.
 
     - ``constant``: sum over tokens / (num_sequences * max_new_tokens)  (Dr. GRPO; SPIRAL)
+      (``max_new_tokens``: one budget, or each sample's as a (B, 1) tensor)
     - ``token_mean``: sum over tokens / num_tokens                          (DAPO)
     - ``seq_mean``: mean over sequences of the per-sequence token mean    (GRPO)
     """
