@@ -1,5 +1,13 @@
-"""A 30-line role graph: a proposer writes a sum, n solvers answer it, rewards flow back."""
+"""A one-page role graph: a proposer writes a sum, n solvers answer it, rewards flow back.
 
+Per-turn credit: each solver answer earns its own verified score, so a right and a
+wrong answer to the same sum get different advantages (``grpo`` centres the n answers
+of one ask); the proposer is trained on Absolute Zero's learnability reward against a
+per-role baseline (``rae``). Evaluation: solver
+accuracy on a fixed held-out set of sums, answered greedily.
+"""
+
+import random
 import re
 import statistics
 
@@ -7,31 +15,60 @@ from rolekit import Game, Role
 from rolekit.hookspecs import hookimpl
 
 SUM = re.compile(r"^\s*(\d{1,4})\s*([+\-*])\s*(\d{1,4})\s*$")
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def solver_prompt(a: int, op: str, b: int) -> str:
+    return f"Compute {a} {op} {b}. Reply with the number in square brackets, like [42]."
+
+
+def held_out_sums(count: int, max_number: int, seed: int = 20261201) -> list[tuple[int, str, int]]:
+    """A fixed set of sums the solver never trains on as such (a seeded draw)."""
+    rng = random.Random(seed)
+    return [(rng.randint(1, max_number), rng.choice("+-"), rng.randint(1, max_number)) for _ in range(count)]
 
 
 class Arithmetic(Game):
     name = "arithmetic"
     description = "Proposer writes [a + b]; 4 solvers answer; proposer earns 1 - pass rate (Absolute Zero)."
     roles = (Role("proposer"), Role("solver"))
+    # what the graph was designed for: the n answers of one sum against each other (grpo); the
+    # proposer against its EMA baseline (rae), which still teaches the format in a step where every
+    # proposal is malformed (role_norm would see no spread there); set advantage = {proposer =
+    # "role_norm"} for AZR's batch-relative baseline once proposals parse
+    estimators = {"proposer": "rae", "solver": "grpo"}
 
-    def __init__(self, *, solvers: int = 4):
-        self.solvers = solvers
+    def __init__(self, *, solvers: int = 4, max_number: int = 50, held_out: int = 64):
+        self.solvers, self.max_number, self.held_out = solvers, max_number, held_out
 
     async def play(self, table):
-        seed = table.rng.randint(1, 50)
-        [q] = await table.ask("proposer", f"Write a hard arithmetic problem using numbers near {seed}, "
-                                          f"in square brackets, like [{seed} + 17].", max_new_tokens=24)
+        near = table.rng.randint(1, self.max_number)
+        [q] = await table.ask("proposer", f"Write an arithmetic problem using numbers near {near}, in square "
+                                          f"brackets, like [{near} + 17].", prefix="[", stop="]", max_new_tokens=12)
         task = SUM.match(q.text.strip().split("[")[-1].split("]")[0])
         if task is None:
-            table.reward(q, -1.0)  # bad format
+            table.invalid(q, "bad format")
+            table.reward(q, -1.0)
             return
         a, op, b = int(task[1]), task[2], int(task[3])
-        answer = {"+": a + b, "-": a - b, "*": a * b}[op]
-        solutions = await table.ask("solver", f"Compute {a} {op} {b}. Answer in square brackets.", n=self.solvers)
-        scores = [table.verify("number", s.text, answer).score for s in solutions]
-        for s, score in zip(solutions, scores):
-            table.reward(s, score)
+        solutions = await table.ask("solver", solver_prompt(a, op, b), n=self.solvers, prefix="[", stop="]",
+                                    max_new_tokens=8)
+        scores = []
+        for s in solutions:
+            verdict = table.verify("number", s.text, OPS[op](a, b))
+            if not verdict.ok:
+                table.invalid(s, "not a number")
+            table.reward(s, verdict.score)
+            scores.append(verdict.score)
         table.reward(q, table.kernel.rewards.get("learnability")(success_rate=statistics.fmean(scores)))
+
+    def evaluate(self, ev):
+        sums = held_out_sums(self.held_out, self.max_number)
+        answers = ev.ask("solver", [solver_prompt(*s) for s in sums], prefix="[", stop="]", max_new_tokens=8,
+                         temperature=0)
+        number = ev.kernel.verifiers.get("number")
+        correct = [number(t.text, OPS[op](a, b)).score for t, (a, op, b) in zip(answers, sums)]
+        return {"held_out": {"accuracy": statistics.fmean(correct), "tasks": len(sums)}}
 
 
 @hookimpl
