@@ -416,9 +416,23 @@ def summary_facts(config: dict, metrics: list[dict], episodes_logged: int) -> li
                      f" ({episodes_logged:,} transcripts logged)"),
         ("tokens", f"{tokens:,.0f} generated, {trained:,.0f} trained"
                    + (f" ({tokens / elapsed:,.0f} generated / s)" if elapsed else "")),
-        ("advantage", str((config.get("algorithm") or {}).get("advantage", "–"))),
+        ("advantage", _advantages(config)),
     ]
     return facts
+
+
+def _advantages(config: dict) -> str:
+    """The estimators the run used: per game and role where the curriculum says (the resolved
+    config.toml always does), else the algorithm's default."""
+    default = str((config.get("algorithm") or {}).get("advantage", "–"))
+    parts = []
+    for entry in config.get("curriculum") or []:
+        choice = entry.get("advantage") if isinstance(entry, dict) else None
+        if isinstance(choice, dict):
+            parts.append(f"{entry.get('game')}: " + ", ".join(f"{r} {n}" for r, n in choice.items()))
+        elif isinstance(choice, str):
+            parts.append(f"{entry.get('game')}: {choice}")
+    return "; ".join(parts) or default
 
 
 def _final_roles_table(metrics: list[dict]) -> str:
@@ -499,7 +513,18 @@ def _game_charts(metrics: list[dict], game: str, roles: list[str]) -> str:
 def _eval_charts(metrics: list[dict], game: str, names: list[str]) -> str:
     evals = [m for m in metrics if isinstance((m.get("eval") or {}).get(game), dict)]
     out = []
-    opponents = [n for n in names if n != "exploitability"]
+    def latest(name):
+        return next((m["eval"][game][name] for m in reversed(evals) if name in m["eval"][game]), None)
+
+    # a game's own evaluations (a held-out task set, ...): one chart of their numbers each
+    custom = [n for n in names if n not in ("exploitability", "error") and isinstance(latest(n), dict)
+              and "win" not in latest(n)]
+    for name in custom:
+        fields = [k for k, v in latest(name).items() if isinstance(v, float)]
+        out.append(chart(name.replace("_", " "), [
+            (k, PALETTE[i % len(PALETTE)], _series(evals, lambda m, k=k: m["eval"][game][name][k]))
+            for i, k in enumerate(fields)]))
+    opponents = [n for n in names if n not in ("exploitability", "error") and n not in custom]
     for name in opponents:
         out.append(chart(f"vs {name}", [
             (k, OUTCOME_COLORS[k], _series(evals, lambda m, k=k: m["eval"][game][name][k])) for k in OUTCOMES],

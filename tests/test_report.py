@@ -336,3 +336,17 @@ def test_a_500_step_report_opens_in_under_2_seconds(tmp_path, browser):
         {"bytes": path.stat().st_size, "runs": times}, indent=2) + "\n")
     best = min(times, key=lambda t: t["wall_s"])
     assert best["wall_s"] < 2.0 and best["script_ready_ms"] < 2000, times
+
+
+def test_a_games_own_evaluation_and_per_role_estimators_are_shown(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text('[algorithm]\nadvantage = "rae"\n\n[[curriculum]]\ngame = "arithmetic"\n'
+                                     'advantage = {proposer = "role_norm", solver = "grpo"}\n')
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "roles": {"arithmetic/solver": {"reward_per_turn": 0.1 * s}},
+                    "eval": {"arithmetic": {"held_out": {"accuracy": 0.05 * s, "tasks": 64}}}}) + "\n"
+        for s in (1, 2, 3)))
+    page = report.build(run).read_text()
+    assert "held out" in page and "accuracy" in page
+    assert "arithmetic: proposer role_norm, solver grpo" in page

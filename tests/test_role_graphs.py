@@ -159,7 +159,8 @@ def kernel():
 
 
 def solver_reward(history):
-    return [m["roles"]["guess/solver"]["reward_per_turn"] for m in history]
+    return [m["roles"]["guess/solver"]["reward_per_turn"] for m in history  # (a step that trained on
+            if "reward_per_turn" in m["roles"].get("guess/solver", {})]     # leftovers alone played none)
 
 
 @pytest.mark.slow
