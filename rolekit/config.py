@@ -109,6 +109,7 @@ class EvalConfig:
     episodes: int = attrs.field(default=64, validator=_positive)  # per game and opponent
     opponents: tuple[str, ...] = ("random",)  # scripted opponents to measure win rates against
     exploitability: bool = True  # Kuhn Poker: exact exploitability of the policy
+    at_start: bool = False  # also evaluate the untrained policy, logged as step 0 (the "before" figure)
 
 
 @attrs.frozen

@@ -295,6 +295,13 @@ class Trainer:
         budget = cfg.algorithm.max_minutes
         deadline = None if budget is None else time.perf_counter() + 60.0 * budget
         last = False
+        if cfg.eval.every and cfg.eval.at_start and self.step == 0:
+            start = time.perf_counter()
+            before = {"step": 0, "eval": self._safe_evaluate(), "timing": {}, "roles": {}}
+            before["timing"]["eval"] = round(time.perf_counter() - start, 3)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(before, default=_jsonable) + "\n")
+            print(_eval_line(before), flush=True)
         with self._display() as show:
             while self.step < cfg.algorithm.steps and not last:
                 start = time.perf_counter()
@@ -324,12 +331,7 @@ class Trainer:
                 metrics["timing"] = {k: round(v, 3) for k, v in timing.items()}
                 if cfg.eval.every and (self.step % cfg.eval.every == 0 or last):
                     eval_start = time.perf_counter()
-                    try:
-                        metrics["eval"] = self.evaluate()
-                    except Exception as exc:  # an evaluation never costs the run its checkpoint
-                        print(f"rolekit: step {self.step}: evaluation failed: {type(exc).__name__}: {exc}",
-                              file=sys.stderr)
-                        metrics["eval"] = {"error": f"{type(exc).__name__}: {exc}"}
+                    metrics["eval"] = self._safe_evaluate()
                     metrics["timing"]["eval"] = round(time.perf_counter() - eval_start, 3)
                 self.kernel.step_end(self.step, metrics)
                 self._write(metrics, episodes, batch)
@@ -446,6 +448,13 @@ class Trainer:
                                   f"lower algorithm.lr or check the rewards")
 
     # --- evaluation ---------------------------------------------------------------------------
+
+    def _safe_evaluate(self) -> dict[str, Any]:
+        try:
+            return self.evaluate()
+        except Exception as exc:  # an evaluation never costs the run its checkpoint
+            print(f"rolekit: step {self.step}: evaluation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     def evaluate(self) -> dict[str, Any]:
         """What each game offers (``Game.evaluate``: scripted opponents, exact exploitability,
@@ -691,8 +700,16 @@ def _status(m: dict) -> str:
 
 def _line(m: dict) -> str:
     loss = f"{m['loss']:+.4f}" if m.get("loss") is not None else "-"
-    line = f"step {m['step']:>4}  eps {m['episodes']:>3}  samples {m['samples']:>3}  loss {loss}  " + _status(m)
+    return f"step {m['step']:>4}  eps {m['episodes']:>3}  samples {m['samples']:>3}  loss {loss}  " + _status(m) \
+        + _eval_line(m)
+
+
+def _eval_line(m: dict) -> str:
+    line = "" if m.get("step") else "step    0  (untrained)"
     for game, res in (m.get("eval") or {}).items():
+        if not isinstance(res, dict):  # the whole evaluation failed
+            line += "  | eval FAILED"
+            continue
         for k, v in res.items():
             if k == "exploitability":
                 line += f"  | eval {game} exploitability {v['exploitability']:.3f}"

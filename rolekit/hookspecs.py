@@ -81,9 +81,18 @@ def rolekit_register_advantages(registry):
     """Register advantage estimators: ``registry.add(name, factory)``.
 
     Called once at load. ``factory(**options)`` returns an object with
-    ``samples(episodes) -> list[Sample]`` and ``state_dict()`` / ``load_state_dict()``
-    (for checkpoints). Built-ins: ``rae``, ``grpo``, ``role_norm``, ``raw``.
-    Return value ignored.
+    ``samples(items) -> list[Sample]`` and ``state_dict()`` / ``load_state_dict()``
+    (for checkpoints). ``items`` is every ``(episode, role)`` pair routed to the
+    estimator in one rollout round -- the whole step's finished episodes, in the order
+    they finished, for the roles the policy played -- so an estimator can normalise
+    across episodes. A turn's reward is ``episode.turn_reward(turn)`` (its own reward
+    plus its role's terminal return); skip turns in ``episode.dropped``
+    (``rolekit.advantages.policy_turns`` does). One instance serves every (game, role)
+    routed to it: keep statistics per ``f"{game}/{role}"``. Configs choose an estimator
+    per role (``advantage = {proposer = "role_norm", solver = "grpo"}``) with options
+    per name (``advantage_options = {rae = {decay = 0.9}}``); a game may declare the
+    ones it was designed for (``Game.estimators``). Built-ins: ``rae``, ``grpo``,
+    ``role_norm``, ``raw``. Return value ignored.
     """
 
 

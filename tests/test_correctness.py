@@ -109,6 +109,16 @@ def test_the_arithmetic_example_with_a_minimal_config_finishes_and_saves(tmp_pat
     assert 0.0 <= held_out["accuracy"] <= 1.0 and held_out["tasks"] > 0
 
 
+
+def test_eval_at_start_logs_the_untrained_policy_as_step_0(tmp_path):
+    cfg = from_dict({"model": {"name": "tiny-random"}, "algorithm": {"steps": 1}, "eval": {"at_start": True},
+                     "curriculum": [{"game": "arithmetic", "options": {"held_out": 8}}]})
+    Trainer(cfg, tmp_path / "run", kernel=arithmetic_kernel(), quiet=True).run()
+    lines = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [m["step"] for m in lines] == [0, 1]
+    assert lines[0]["eval"]["arithmetic"]["held_out"]["tasks"] == 8
+
+
 class ThreeRoles(Game):
     name = "three_roles"
     roles = (Role("questioner"), Role("responder"), Role("verifier"))
