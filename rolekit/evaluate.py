@@ -117,10 +117,14 @@ class Evaluator:
         table = strategy(self.game, self.policy, temperature=self.temperature)
         return {"exploitability": table["exploitability"], "infosets": table["infosets"]}
 
-    def ask(self, role: str, prompts: Sequence[Any], **options) -> list[Any]:
+    def ask(self, role: str, prompts: Sequence[Any], *, each: Sequence[dict[str, Any]] | None = None,
+            **options) -> list[Any]:
         """The policy's answer (a ``Turn``) to each prompt, asked as ``role`` in one batch:
         a held-out task set. ``options``: what ``table.ask`` takes (``temperature=0``
-        for greedy answers, ``max_new_tokens``, ``choices``, ``prefix``, ...)."""
+        for greedy answers, ``max_new_tokens``, ``choices``, ``prefix``, ...); ``each``:
+        per-prompt options on top (e.g. each task's own ``prefix``)."""
+        if each is not None and len(each) != len(prompts):
+            raise ValueError(f"ev.ask: {len(each)} per-prompt options for {len(prompts)} prompts")
         from rolekit.game import Game
         from rolekit.types import Role
 
@@ -129,7 +133,7 @@ class Evaluator:
             roles = (Role(role),)
 
             async def play(_, table):
-                await table.ask(role, prompts[table.seed], **options)
+                await table.ask(role, prompts[table.seed], **options, **(each[table.seed] if each else {}))
 
         specs = [EpisodeSpec(HeldOut(), i, {role: POLICY}) for i in range(len(prompts))]
         with _seeded(self.torch_seed):

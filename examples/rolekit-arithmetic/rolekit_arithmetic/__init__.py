@@ -14,12 +14,27 @@ import statistics
 from rolekit import Game, Role
 from rolekit.hookspecs import hookimpl
 
-SUM = re.compile(r"^\s*(\d{1,4})\s*([+\-*])\s*(\d{1,4})\s*$")
+SUM = re.compile(r"^\s*(\d{1,4})\s*([+\-*])\s*(\d{1,4})\s*(=.*)?$")  # "7 + 5", or "7 + 5 = 12" (its answer ignored)
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
 def solver_prompt(a: int, op: str, b: int) -> str:
-    return f"Compute {a} {op} {b}. Reply with the number in square brackets, like [42]."
+    return f"Compute {a} {op} {b}."
+
+
+def solver_lead(a: int, op: str, b: int) -> str:
+    """The answer starts by restating the sum ("7 + 5 = "); the solver writes the result.
+    (Asked for "[42]", SmolLM2-135M copies the 42; asked to answer in brackets it copies the sum.)"""
+    return f"{a} {op} {b} = "
+
+
+NUMBER = re.compile(r"\s*(-?\d+)")
+
+
+def result(text: str) -> str:
+    """What the solver wrote after the '=' of its lead, as a bracketed answer for the verifier."""
+    found = NUMBER.match(text.rsplit("=", 1)[-1])
+    return f"[{found[1]}]" if found else text
 
 
 def held_out_sums(count: int, max_number: int, seed: int = 20261201) -> list[tuple[int, str, int]]:
@@ -38,7 +53,7 @@ class Arithmetic(Game):
     # "role_norm"} for AZR's batch-relative baseline once proposals parse
     estimators = {"proposer": "rae", "solver": "grpo"}
 
-    def __init__(self, *, solvers: int = 4, max_number: int = 50, held_out: int = 64):
+    def __init__(self, *, solvers: int = 4, max_number: int = 20, held_out: int = 64):
         self.solvers, self.max_number, self.held_out = solvers, max_number, held_out
 
     async def play(self, table):
@@ -51,11 +66,11 @@ class Arithmetic(Game):
             table.reward(q, -1.0)
             return
         a, op, b = int(task[1]), task[2], int(task[3])
-        solutions = await table.ask("solver", solver_prompt(a, op, b), n=self.solvers, prefix="[", stop="]",
-                                    max_new_tokens=8)
+        solutions = await table.ask("solver", solver_prompt(a, op, b), n=self.solvers, prefix=solver_lead(a, op, b),
+                                    stop="\n", max_new_tokens=6)
         scores = []
         for s in solutions:
-            verdict = table.verify("number", s.text, OPS[op](a, b))
+            verdict = table.verify("number", result(s.text), OPS[op](a, b))
             if not verdict.ok:
                 table.invalid(s, "not a number")
             table.reward(s, verdict.score)
@@ -64,10 +79,10 @@ class Arithmetic(Game):
 
     def evaluate(self, ev):
         sums = held_out_sums(self.held_out, self.max_number)
-        answers = ev.ask("solver", [solver_prompt(*s) for s in sums], prefix="[", stop="]", max_new_tokens=8,
-                         temperature=0)
+        answers = ev.ask("solver", [solver_prompt(*s) for s in sums], each=[{"prefix": solver_lead(*s)} for s in sums],
+                         stop="\n", max_new_tokens=6, temperature=0)
         number = ev.kernel.verifiers.get("number")
-        correct = [number(t.text, OPS[op](a, b)).score for t, (a, op, b) in zip(answers, sums)]
+        correct = [number(result(t.text), OPS[op](a, b)).score for t, (a, op, b) in zip(answers, sums)]
         return {"held_out": {"accuracy": statistics.fmean(correct), "tasks": len(sums)}}
 
 
