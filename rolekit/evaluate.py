@@ -425,8 +425,30 @@ def evaluate(kernel: Kernel, *, game: str, policy: str, opponent: str = "random"
     return report
 
 
+def offered(kernel: Kernel, *, game: str, policy: str, options: Mapping[str, Any] | None = None, seed: int = 0,
+            temperature: float = 1.0, device: str = "cpu", batch_size: int = 64, **eval_section) -> dict[str, Any]:
+    """The evaluations ``game`` offers (``Game.evaluate``), for ``policy``: what training runs
+    every ``eval.every`` steps (``rolekit eval --offered``)."""
+    the_game = rollout.make_game(kernel, game, dict(options or {}))
+    start = time.perf_counter()
+    import torch
+
+    torch.manual_seed(seed)
+    the_policy = load_policy(kernel, the_game, policy, device=device, temperature=temperature, batch_size=batch_size)
+    ev = Evaluator(kernel, the_game, the_policy, seed=seed, temperature=temperature, **eval_section)
+    result = run_evaluations(ev)
+    return {"game": game, "policy": policy, "seed": seed, "options": dict(options or {}), "offered": result,
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
 def cmd_eval(args) -> int:
     kernel = Kernel(disable=getattr(args, "disable", None) or ())
+    if args.offered:
+        report = offered(kernel, game=args.game, policy=args.policy, options=_options(args), seed=args.seed,
+                         temperature=args.temperature, device=args.device, batch_size=args.batch_size,
+                         opponents=(args.opponent,), episodes=args.episodes, exploitability=args.exploitability)
+        print(json.dumps(report, indent=2))
+        return 1 if "error" in report["offered"] else 0
     report = evaluate(
         kernel, game=args.game, policy=args.policy, opponent=args.opponent, episodes=args.episodes,
         seed=args.seed, options=_options(args), exploitability=args.exploitability, samples=args.samples,
@@ -477,6 +499,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--samples", type=int, default=32,
                    help="answers sampled per information set in reasoning mode")
     p.add_argument("--mirror", action="store_true", help="play every deal from both seats")
+    p.add_argument("--offered", action="store_true",
+                   help="run the evaluations the game itself offers (what training runs: a held-out task set, "
+                        "win rates, exploitability) and print them as JSON")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="the policy's sampling temperature (0: greedy; default 1, as in training)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="per move (default: the game's)")

@@ -213,3 +213,19 @@ def test_constant_aggregation_uses_each_samples_budget():
     short, long = loss([2, 2]), loss([64, 64])
     assert short == pytest.approx(32 * long, rel=1e-4)  # the run-wide 64 would make them equal
     assert loss([2, 0]) == pytest.approx((short + long) / 2, rel=1e-4)  # 0: the run's default
+
+
+def test_rolekit_eval_runs_the_evaluations_a_game_offers(tmp_path, capsys, monkeypatch):
+    from rolekit import evaluate
+
+    monkeypatch.setattr(evaluate, "Kernel", lambda **kw: arithmetic_kernel())
+    evaluate.cmd_eval(evaluate_args(["--policy", "tiny-random", "--game", "arithmetic", "--offered",
+                                     "--option", "held_out=6"]))
+    report = json.loads(capsys.readouterr().out)
+    assert report["offered"]["held_out"]["tasks"] == 6
+
+
+def evaluate_args(argv):
+    from rolekit.cli import build_parser
+
+    return build_parser().parse_args(["eval", *argv])
