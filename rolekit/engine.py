@@ -8,7 +8,6 @@ default). Read ``Trainer.run`` top to bottom: that is the whole algorithm.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import math
 import os
@@ -26,7 +25,7 @@ import torch
 from rolekit import checkpoint, report
 from rolekit.config import TrainConfig, to_toml
 from rolekit.learner import Learner
-from rolekit.plugins import Kernel
+from rolekit.plugins import Kernel, closest
 from rolekit.advantages import policy_turns
 from rolekit.pools import Pools
 from rolekit.rollout import SCRIPTED, make_game, rotate, scripted_responders, summarize
@@ -113,8 +112,8 @@ def resolve_estimators(entry, game, alg) -> dict[str, tuple[str, dict, str]]:
     chosen = entry.advantage if isinstance(entry.advantage, dict) else {r: entry.advantage for r in roles}
     for role in chosen:
         if role not in roles:
-            close = difflib.get_close_matches(role, roles, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = closest(role, roles)
+            hint = f"; did you mean {close!r}?" if close else ""
             raise ValueError(f"curriculum game {entry.game!r}: advantage names role {role!r}, which the game does "
                              f"not have{hint} (roles: {', '.join(roles)})")
     out = {}
@@ -127,8 +126,8 @@ def resolve_estimators(entry, game, alg) -> dict[str, tuple[str, dict, str]]:
     used = sorted({name for name, _, _ in out.values()})
     for name in entry.advantage_options:
         if name not in used:
-            close = difflib.get_close_matches(name, used, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = closest(name, used)
+            hint = f"; did you mean {close!r}?" if close else ""
             raise ValueError(f"curriculum game {entry.game!r}: advantage_options for {name!r}, an estimator no role "
                              f"of it uses{hint} (used: {', '.join(used)}; options go under the estimator's name, "
                              f"e.g. advantage_options = {{ rae = {{ decay = 0.9 }} }})")
@@ -261,8 +260,10 @@ class Trainer:
         # --- advantage estimators: one per (name, options); each (entry, role) routed to one
         self.estimators: dict[str, Any] = {}
         self.route: dict[tuple[int, str], str] = {}
-        for i, (entry, game) in enumerate(zip(config.curriculum, self.curriculum.games)):
-            for role, (name, options, label) in resolve_estimators(entry, game, alg).items():
+        self.resolved = [resolve_estimators(entry, game, alg)  # per entry: role -> (name, options, label)
+                         for entry, game in zip(config.curriculum, self.curriculum.games)]
+        for i, (entry, resolved) in enumerate(zip(config.curriculum, self.resolved)):
+            for role, (name, options, label) in resolved.items():
                 if label not in self.estimators:
                     factory = self.kernel.advantages.get(name)
                     try:
@@ -347,8 +348,7 @@ class Trainer:
     def resolved_config(self) -> TrainConfig:
         """The config as run: each curriculum entry names every role's estimator and options."""
         entries = []
-        for i, (entry, game) in enumerate(zip(self.config.curriculum, self.curriculum.games)):
-            resolved = resolve_estimators(entry, game, self.config.algorithm)
+        for entry, resolved in zip(self.config.curriculum, self.resolved):
             options = {name: opts for name, opts, _ in resolved.values() if opts}
             entries.append(attrs.evolve(entry, advantage={r: name for r, (name, _, _) in resolved.items()},
                                         advantage_options=options))
@@ -370,34 +370,34 @@ class Trainer:
         responders.update({f"{SNAPSHOT}:{i}": SnapshotResponder(f"{SNAPSHOT}:{i}", self.policy, i)
                            for i in range(pool)})
         scheduler = Scheduler(responders, kernel=self.kernel, concurrency=self.config.rollout.concurrency)
-        started, candidates, kept_ratio = 0, 0, 1.0
+        started, candidates, kept_ratio = 0, 0, 1.0  # candidates: trainable turns of this step's episodes
         limit = max(1000, 50 * target)  # episodes without a sample before giving up
         carried = len(samples)
 
-        def source(in_hand: int, round_candidates: list[int]) -> Iterator[EpisodeSpec]:
+        def source() -> Iterator[EpisodeSpec]:  # (samples grow only between rounds)
             nonlocal started
             while True:
                 finished = len(episodes)
                 per_episode = candidates / finished if finished else 1.0  # trainable turns per episode
-                expected = round_candidates[0] + (started - finished) * max(per_episode, 0.05)
-                if in_hand + kept_ratio * expected >= target:
+                expected = round_candidates + (started - finished) * max(per_episode, 0.05)
+                if len(samples) + kept_ratio * expected >= target:
                     return
                 started += 1
                 yield self.curriculum.next_spec(self.step, pool)
 
         while len(samples) < target:
             fresh: list[Episode] = []
-            round_candidates = [0]
-            for episode in scheduler.run(source(len(samples), round_candidates)):
+            round_candidates = 0
+            for episode in scheduler.run(source()):
                 episodes.append(episode)
                 fresh.append(episode)
-                n = self._trainable(episode)
+                n = sum(len(policy_turns(episode, role)) for role in _trained_roles(episode))
                 candidates += n
-                round_candidates[0] += n
+                round_candidates += n
             new = self._advantages(fresh)
             samples += new
-            if round_candidates[0]:
-                kept_ratio = max(len(new) / round_candidates[0], 0.05)
+            if round_candidates:
+                kept_ratio = max(len(new) / round_candidates, 0.05)
             if len(episodes) >= limit and len(samples) <= carried:
                 raise TrainingAborted(
                     f"{len(episodes)} episodes gave no training sample: every advantage was 0, every turn was "
@@ -418,23 +418,13 @@ class Trainer:
                 self.stale[f"{s.game}/{s.role}"] += 1
         return fresh
 
-    def _trainable(self, episode: Episode) -> int:
-        """Policy turns of ``episode`` the estimators may train on (before they drop any)."""
-        if not episode.ok or episode.info.get("dropped"):
-            return 0
-        return sum(len(policy_turns(episode, role)) for role, who in episode.seats.items() if who == POLICY)
-
     def _advantages(self, episodes: list[Episode]) -> list[Sample]:
         """Every estimator sees all of its (episode, role) pairs of ``episodes`` at once."""
         routed: dict[str, list[tuple[Episode, str]]] = {}
         for episode in episodes:
-            if not episode.ok or episode.info.get("dropped"):
-                continue
-            for role, who in episode.seats.items():
-                if who == POLICY:
-                    routed.setdefault(self.route[(episode.entry, role)], []).append((episode, role))
-        fallback = self.config.rollout.max_new_tokens
-        return [attrs.evolve(s, version=self.step, max_new_tokens=s.max_new_tokens or fallback)
+            for role in _trained_roles(episode):
+                routed.setdefault(self.route[(episode.entry, role)], []).append((episode, role))
+        return [attrs.evolve(s, version=self.step)
                 for label, items in routed.items() for s in self.estimators[label].samples(items)]
 
     def _check_finite(self, learned: dict) -> None:
@@ -620,6 +610,14 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _trained_roles(episode: Episode) -> list[str]:
+    """The roles of ``episode`` whose turns may train: those the policy played, unless the
+    episode was quarantined or an observer dropped it."""
+    if not episode.ok or episode.info.get("dropped"):
+        return []
+    return [role for role, who in episode.seats.items() if who == POLICY]
 
 
 def _outcome(episode: Episode, role: str) -> str:

@@ -98,10 +98,7 @@ class Evaluator:
     def plays(self, opponent: str) -> bool:
         """Whether the scripted ``opponent`` is registered and plays this game."""
         name = opponent.removeprefix(rollout.SCRIPTED)
-        if name not in self.kernel.opponents:
-            return False
-        games = self.kernel.opponents.entry(name).meta.get("games")
-        return games is None or self.game.name in games
+        return name in self.kernel.opponents and rollout.opponent_plays(self.kernel.opponents.entry(name), self.game)
 
     def play_against(self, opponent: str, episodes: int | None = None, *, mirror: bool = False) -> dict[str, Any]:
         """Win/draw/loss/invalid rates and mean return against a scripted opponent, the

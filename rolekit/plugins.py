@@ -42,9 +42,15 @@ class Entry:
     meta: dict[str, Any] = attrs.Factory(dict)
 
 
-def _did_you_mean(name: str, valid: Iterable[str]) -> str:
+def closest(name: str, valid: Iterable[str]) -> str | None:
+    """The valid name most like a mistyped ``name`` (for "did you mean ...?"), or None."""
     close = difflib.get_close_matches(name, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return close[0] if close else None
+
+
+def _did_you_mean(name: str, valid: Iterable[str]) -> str:
+    close = closest(name, valid)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 class Registry:

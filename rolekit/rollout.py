@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import statistics
 import tomllib
 from collections import defaultdict
 from typing import Any, Iterable
 
 from rolekit.game import Game, option_names
-from rolekit.plugins import Kernel
+from rolekit.plugins import Kernel, closest
 from rolekit.table import POLICY, EpisodeSpec, Responder, ScriptedResponder
 from rolekit.types import Episode
 
@@ -45,8 +44,8 @@ def make_game(kernel: Kernel, name: str, options: dict[str, Any] | None = None) 
         unknown = [key for key in options if key not in valid]
         if not unknown:
             raise ValueError(f"game {name!r}: bad option: {exc}") from None
-        close = difflib.get_close_matches(unknown[0], valid, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = closest(unknown[0], valid)
+        hint = f"; did you mean {close!r}?" if close else ""
         raise ValueError(f"game {name!r}: unknown option {unknown[0]!r}{hint} "
                          f"(options: {', '.join(valid) or 'none'})") from None
 
@@ -62,11 +61,18 @@ def scripted_responders(kernel: Kernel, game: Game, seats: dict[str, str]) -> di
         if not who.startswith(SCRIPTED):
             raise ValueError(f"seat {role}={who!r}: expected 'policy' or 'scripted:NAME'")
         entry = kernel.opponents.entry(who[len(SCRIPTED):])
-        games = entry.meta.get("games")
-        if games is not None and game.name not in games:
-            raise ValueError(f"opponent {entry.name!r} plays only {', '.join(games)}, not {game.name!r}")
+        if not opponent_plays(entry, game):
+            raise ValueError(f"opponent {entry.name!r} plays only {', '.join(entry.meta['games'])}, "
+                             f"not {game.name!r}")
         out[who] = ScriptedResponder(who, entry.obj)
     return out
+
+
+def opponent_plays(entry, game: Game) -> bool:
+    """Whether a registered opponent (its registry entry) plays ``game``: its ``games``
+    limit (None: any turn-based game)."""
+    games = entry.meta.get("games")
+    return games is None or game.name in games
 
 
 def specs(game: Game, episodes: int, seed: int, seats: dict[str, str], *, mirror: bool = False,
