@@ -143,6 +143,8 @@ def verify_number(answer: str, expected: float | str, *, tol: float = 1e-6, **kw
 def rolekit_register_verifiers(registry):
     registry.add("exact", verify_exact)
     registry.add("number", verify_number)
+    from rolekit.verifiers.math import verify_math  # math-verify itself loads on first use
+    registry.add("math", verify_math)
 
 
 # --- reward shapers ----------------------------------------------------------------------
