@@ -145,6 +145,8 @@ def rolekit_register_verifiers(registry):
     registry.add("number", verify_number)
     from rolekit.verifiers.math import verify_math  # math-verify itself loads on first use
     registry.add("math", verify_math)
+    from rolekit.verifiers.code import verify_python  # the sandbox starts on first use
+    registry.add("python", verify_python)
 
 
 # --- reward shapers ----------------------------------------------------------------------
