@@ -428,7 +428,7 @@ class _Worker:
                 stderr=subprocess.PIPE, bufsize=0, env=dict(ENV), cwd=config["tmp"], start_new_session=True,
                 close_fds=True, **nobody).result()
         except (OSError, RuntimeError) as exc:  # RuntimeError: the interpreter is shutting down
-            raise _WorkerFailed(f"cannot start {argv[0]}: {exc}") from exc
+            raise _WorkerFailed(f"cannot start {argv[0]}{f' as uid {NOBODY}' if as_nobody else ''}: {exc}") from exc
         worker = cls(proc, "")
         try:
             ready = worker._receive(time.monotonic() + START_S)
