@@ -63,7 +63,7 @@ def test_wrong_answers_score_zero(answer, expected):
     assert score(answer, expected) == 0.0
 
 
-@pytest.mark.parametrize("answer", ["I don't know", "", "\\boxed{}", "   ", None, 42])
+@pytest.mark.parametrize("answer", ["I don't know", "", "\\boxed{}", "   ", None, 42, "\\boxed{@@}", "$#$"])
 def test_nothing_readable_is_not_ok(answer):
     verdict = verify_math(answer, "5")
     assert verdict.score == 0.0 and not verdict.ok and verdict.detail

@@ -122,7 +122,7 @@ def _parse_value(text: str, seconds: int | None, *, wrap: bool) -> tuple[list | 
         attempts = [f"${text}$", text]
     for attempt in attempts:
         parsed = parse(attempt, parsing_timeout=seconds)
-        if parsed:
+        if any(not isinstance(x, str) for x in parsed):  # only its raw-string fallback: not mathematics
             if _too_big(parsed[0]):
                 return None, "refused: a value too large to compare"
             return parsed, ""
