@@ -103,7 +103,7 @@ def solve_lead(task: str, item: dict, style: str) -> str:
     """The first characters of a terse answer (none in reasoning style)."""
     if style != "terse":
         return ""
-    return {"deduction": f"f({item['input']}) = ", "abduction": "f(", "induction": "def f("}[task]
+    return f"f({item['input']}) = " if task == "deduction" else ("f(" if task == "abduction" else "def f(")
 
 
 # --- the solver's answers ----------------------------------------------------------------------

@@ -179,10 +179,13 @@ def test_the_held_out_set_is_fixed_and_covers_each_task_type():
 def config(tmp_path, **algorithm):
     return from_dict({
         "seed": 0, "model": {"name": "tiny-random"},
-        "rollout": {"samples_per_step": 16, "concurrency": 8},
-        "algorithm": {"steps": 3, "lr": 1e-3, **algorithm},
-        "eval": {"every": 3}, "checkpoint": {"every": 1, "keep": 5},
-        "curriculum": [{"game": "azr_code", "options": {"held_out": 6, "solvers": 2}}],
+        "rollout": {"samples_per_step": 8, "concurrency": 8},
+        "algorithm": {"steps": 2, "lr": 1e-3, **algorithm},
+        "eval": {"every": 2}, "checkpoint": {"every": 1, "keep": 5},
+        # rae: a random model's proposals and answers are all malformed (-1), and role_norm
+        # would see no spread to learn from in the first steps
+        "curriculum": [{"game": "azr_code", "options": {"held_out": 3, "solvers": 2, "propose_tokens": 12,
+                                                       "solve_tokens": 8}, "advantage": "rae"}],
     })
 
 
@@ -190,15 +193,16 @@ def config(tmp_path, **algorithm):
 def test_trains_on_tiny_random_and_the_buffers_survive_resume_exactly(kernel, tmp_path):
     straight = Trainer(config(tmp_path), tmp_path / "a", kernel=kernel, quiet=True)
     history = straight.run()
-    assert [m["step"] for m in history] == [1, 2, 3]
-    roles = history[-1]["roles"]
-    assert roles["azr_code/proposer"]["invalid_turns"] > 0 and roles["azr_code/solver"]["turns"] > 0
+    assert [m["step"] for m in history] == [1, 2]
+    roles = [m["roles"] for m in history]  # (a step may train on leftovers alone and play nothing)
+    assert sum(r.get("azr_code/proposer", {}).get("invalid_turns", 0) for r in roles) > 0
+    assert sum(r.get("azr_code/solver", {}).get("turns", 0) for r in roles) > 0
     held_out = history[-1]["eval"]["azr_code"]["held_out"]
-    assert held_out["tasks"] == 6 and 0.0 <= held_out["accuracy"] <= 1.0
+    assert held_out["tasks"] == 3 and 0.0 <= held_out["accuracy"] <= 1.0
     Trainer(config(tmp_path, steps=1), tmp_path / "b", kernel=kernel, quiet=True).run()
     resumed = Trainer(config(tmp_path), tmp_path / "b", kernel=kernel, quiet=True, resume=tmp_path / "b")
     assert set(resumed.curriculum.pools[0].sizes()) >= {"deduction"}
     resumed.run()
     assert straight.curriculum.pools[0].state_dict() == resumed.curriculum.pools[0].state_dict()
     steps = [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")]
-    assert steps == [1, 2, 3]
+    assert steps == [1, 2]
