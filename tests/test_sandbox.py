@@ -472,3 +472,19 @@ def test_reasons_are_documented():
     assert set(sandbox.REASONS) == {"timeout", "memory", "output_limit", "killed", "forbidden", "nonzero_exit",
                                     "sandbox_unavailable", "error"}
     assert all(f"``{reason}``" in sandbox.__doc__ for reason in sandbox.REASONS)
+
+
+@pytest.mark.skipif(not ROOT, reason="only root starts bwrap as nobody")
+def test_a_bwrap_binary_nobody_cannot_reach_is_run_from_a_reachable_copy(tmp_path):
+    [binary, *_] = sandbox._bwrap_binaries()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    hidden = private / "bwrap"
+    hidden.write_bytes(open(binary, "rb").read())
+    hidden.chmod(0o755)
+    assert not sandbox._others_may_run(str(hidden))
+    copy = sandbox._reachable(str(hidden))
+    assert copy != str(hidden) and sandbox._others_may_run(copy)
+    assert open(copy, "rb").read() == hidden.read_bytes() and os.stat(copy).st_uid == 0
+    assert sandbox._reachable(str(hidden)) == copy  # made once, reused
+    assert sandbox._reachable(copy) == copy
