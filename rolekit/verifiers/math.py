@@ -122,8 +122,8 @@ def _parse_value(text: str, seconds: int | None, *, wrap: bool) -> tuple[list | 
         attempts = [f"${text}$", text]
     for attempt in attempts:
         parsed = parse(attempt, parsing_timeout=seconds)
-        if any(not isinstance(x, str) for x in parsed):  # only its raw-string fallback: not mathematics
-            if _too_big(parsed[0]):
+        if any(not isinstance(x, str) for x in parsed):  # a value, not only math-verify's raw-string fallback
+            if any(_too_big(x) for x in parsed):
                 return None, "refused: a value too large to compare"
             return parsed, ""
     return None, "nothing mathematical found"

@@ -12,8 +12,10 @@ Per episode the proposer writes a math problem and its ground-truth answer in a
   with the run; a problem counts even when its answer then proves malformed) whose
   Jaccard similarity with this one is <= 0.8, over sets of *word tokens* (lower-cased
   runs of letters and digits, and every other non-space character, so "3 + 4" and "3 - 4"
-  differ). PasoDoble compares tokenizer-id sets; a game sees text, and on problem text the
-  two rank pairs alike. With no history yet a problem counts as fully diverse (d = 1).
+  differ) of what the proposer wrote (terse prompts: without the lead the game drew for
+  it, which would make any two problems look different). PasoDoble compares tokenizer-id
+  sets; a game sees text, and on problem text the two rank pairs alike. With no history
+  yet a problem counts as fully diverse (d = 1).
 * a malformed proposal (no problem, or no readable ``\\boxed{}`` answer) is marked
   invalid with its reason and earns ``format_penalty`` (-1 by default), and no solver is
   asked. PasoDoble itself gives such a proposal 0 through p <= 0.2
@@ -26,15 +28,16 @@ p = 1) are dropped ("pass rate outside the window"): with 4 solvers those are th
 whose answers all scored alike, which GRPO could not train anyway.
 
 Estimators: solver ``grpo`` -- the n answers of one problem against each other,
-PasoDoble's GRPO group. Proposer ``role_norm``: PasoDoble normalises the proposer's
-rewards over its group of generations of one prompt, (r - mean) / (std + 1e-4). Here an
-episode asks one proposal and the prompts differ only in what is drawn for them (a topic,
-a name, a number, a knowledge passage), so that group is the step's proposals: role_norm's
-(r - mean) / std over the step's proposer turns. (``rae``, the arithmetic example's
-choice, would compare a proposal with a slow average of earlier steps instead of its
-contemporaries, and ``grpo`` has no group in an ask of one.) Where every proposal of a
-step earns the same -- a random model's are all malformed -- role_norm has no spread and
-the engine plays on for a sample; on ``tiny-random`` set ``advantage = {proposer = "rae"}``.
+PasoDoble's GRPO group. Proposer ``rae``: an EMA baseline per turn kind (problem,
+answer; ``table.set_key``), A = r - b. PasoDoble normalises the proposer's rewards over
+its group of generations of one prompt, (r - mean) / (std + 1e-4); an episode here asks one
+proposal and the prompts differ only in what is drawn for them, so that group would be
+the step's proposals -- ``role_norm``, which ``advantage = {proposer = "role_norm"}``
+selects. It is not the default because a step in which every proposal earns the same has
+no spread for it, and the engine then plays on looking for a sample: an untrained or
+random model's proposals are all malformed. ``rae`` still trains those against its
+baseline, and once proposals parse both compare a proposal with what proposals usually
+earn (the plugin's README has a run of each on SmolLM2-135M).
 
 Prompts, option ``prompts``:
 
@@ -45,8 +48,8 @@ Prompts, option ``prompts``:
   ``Answer: \\boxed{`` and stops at the closing brace. The solver's reply starts with the
   same ``Answer: \\boxed{``. (Asked for a box, SmolLM2-135M writes none; with the box
   opened it writes a number, right on 5 of the 64 held-out problems untrained.) Both proposer
-  turns earn the proposal's reward; ``table.set_key`` normalises problem turns and answer
-  turns separately.
+  turns earn the proposal's reward; ``table.set_key`` keeps the proposer's baselines of
+  problem turns and answer turns apart.
 * ``"reasoning"``: PasoDoble's own prompts (paraphrased in ROLEGRAPHS.md section 5) for
   models that think step by step: one generation with ``<problem>...</problem>`` and
   ``<answer>...\\boxed{}...</answer>``; solvers reason freely and are graded on their
@@ -221,7 +224,7 @@ class PasoDobleMath(Game):
                    "(1/0 by math-verify); proposer 1.1 - p + 0.2 d when p > 0.2 and d > 0.3, else 0.")
     roles = (Role("proposer", "writes a math problem and its boxed answer"),
              Role("solver", "answers the problem, the final answer in \\boxed{}"))
-    estimators = {"proposer": "role_norm", "solver": "grpo"}  # why: the module docstring
+    estimators = {"proposer": "rae", "solver": "grpo"}  # why: the module docstring
     history_size: int = HISTORY_SIZE  # problems the diversity term compares with
 
     def __init__(self, *, solvers: int = 4, min_pass: float = 0.2, min_diversity: float = 0.3,
@@ -306,10 +309,11 @@ class PasoDobleMath(Game):
         to the first question mark; the drawn lead ("Tom has 7 apples") is part of it."""
         return question(text, "Problem: ")
 
-    def _diversity(self, table, problem: str) -> float:
-        """d of a well-formed problem against the history, which then remembers it."""
+    def _diversity(self, table, problem: str, written: str) -> float:
+        """d of a well-formed problem -- of ``written``, the part the proposer wrote --
+        against the history, which then remembers it."""
         history = table.pool(HISTORY, self.history_size)
-        seen = tokens(problem)
+        seen = tokens(written)
         d = diversity(seen, history.items)
         history.add(sorted(seen))
         table.log("diversity", d)
@@ -323,7 +327,7 @@ class PasoDobleMath(Game):
         problem, answer, why = parse_proposal(q.text)
         if problem is None:
             return self._malformed(table, [q], q, why)
-        d = self._diversity(table, problem)
+        d = self._diversity(table, problem, problem)
         if answer is None:
             return self._malformed(table, [q], q, why)
         if not table.verify("math", answer, answer, expected_boxed=True).ok:
@@ -338,7 +342,7 @@ class PasoDobleMath(Game):
         problem = self.problem_of(q.text)
         if problem is None:
             return self._malformed(table, [q], q, "no question")
-        d = self._diversity(table, problem)
+        d = self._diversity(table, problem, problem.removeprefix(lead.removeprefix("Problem: ")))
         [a] = await table.ask("proposer", "Answer with a number.", after=q, prefix=ANSWER_LEAD,
                               **self._answer_options())
         table.set_key(a, "answer")
