@@ -34,7 +34,8 @@ from typing import Any
 
 from rolekit import Game, Role
 from rolekit_dualplay import heldout
-from rolekit_dualplay.programs import call_args, check_program, literal, run_calls, split_proposal
+from rolekit_dualplay.programs import (call_args, check_program, fenced, induction_item, literal, run_calls,
+                                       run_twice, split_proposal)
 
 TASKS = ("deduction", "abduction", "induction")
 SEED = {"program": "def f(a):\n    return a", "input": "'Hello World'", "output": "'Hello World'"}
@@ -109,7 +110,7 @@ def solve_lead(task: str, item: dict, style: str) -> str:
 # --- the solver's answers ----------------------------------------------------------------------
 
 
-def read_value(text: str, task: str, style: str) -> tuple[bool, Any]:
+def read_value(text: str, style: str) -> tuple[bool, Any]:
     """A deduction answer's value: after ``=`` on the first line (terse), or the last line."""
     lines = [line for line in text.strip().split("\n") if line.strip()]
     if not lines:
@@ -120,8 +121,6 @@ def read_value(text: str, task: str, style: str) -> tuple[bool, Any]:
 
 def read_program(text: str) -> str | None:
     """An induction answer's program: a ```python block, or the text up to a closing fence."""
-    from rolekit_dualplay.programs import fenced
-
     code = fenced(text, "python") or text.split("```")[0]
     program, _ = check_program(code)
     return program
@@ -133,7 +132,7 @@ def score_solutions(task: str, item: dict, texts: list[str], style: str) -> list
         _, gold = literal(item["output"])
         out = []
         for text in texts:
-            ok, value = read_value(text, task, style)
+            ok, value = read_value(text, style)
             out.append((float(value == gold), "") if ok else (0.0, "not a value"))
         return out
     if task == "abduction":
@@ -190,10 +189,9 @@ def validate_program(text: str) -> tuple[dict | None, str]:
         return None, why
     if call_args(f"f({given})") != given:
         return None, "input not a literal"
-    first, second = run_calls([(program, [given]), (program, [given])])
-    if first[0] or second[0]:
-        return None, first[0] or second[0]
-    [out], [again] = first[1], second[1]
+    reason, [out], [again] = run_twice(program, [given])
+    if reason:
+        return None, reason
     if out is None:
         return None, "raises"
     if not literal(out)[0]:
@@ -212,17 +210,13 @@ def validate_inputs(program: str, text: str, shown: int) -> tuple[dict | None, s
     calls = list(dict.fromkeys(calls))
     if len(calls) < 2:  # the hint is optional (Absolute Zero asks for one; a small model rarely writes it)
         return None, "format"
-    first, second = run_calls([(program, calls), (program, calls)])
-    if first[0] or second[0]:
-        return None, first[0] or second[0]
-    pairs = [(a, o) for a, o, again in zip(calls, first[1], second[1])
-             if o is not None and o == again and literal(o)[0]]
+    reason, outputs, again = run_twice(program, calls)
+    if reason:
+        return None, reason
+    pairs = [(a, o) for a, o, o2 in zip(calls, outputs, again) if o is not None and o == o2 and literal(o)[0]]
     if len(pairs) < 2:
         return None, "too few valid inputs"
-    k = max(1, min(shown, len(pairs) - 1))
-    return {"program": program, "inputs": [a for a, _ in pairs[:k]], "outputs": [o for _, o in pairs[:k]],
-            "hidden_inputs": [a for a, _ in pairs[k:]], "hidden_outputs": [o for _, o in pairs[k:]],
-            "message": message}, ""
+    return induction_item(program, pairs, shown, message), ""
 
 
 class AzrCode(Game):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import random
 
+from rolekit_dualplay.programs import induction_item
+
 # (source with {a}/{b} constants, input generator) -- one-line functions of ints, strings and lists
 TEMPLATES = (
     ("def f(x):\n    return x + {a}", lambda r: repr(r.randint(0, 20))),
@@ -49,10 +51,7 @@ def tasks(count: int, types: list[str], shown: int, seed: int = 20261202) -> lis
             calls = list(dict.fromkeys(inputs(rng) for _ in range(12)))[: shown + 2]
             if len(calls) < 2:
                 calls = [inputs(rng), inputs(rng)]
-            outs = [_output(program, c) for c in calls]
-            k = max(1, min(shown, len(calls) - 1))
-            item = {"program": program, "inputs": calls[:k], "outputs": outs[:k], "hidden_inputs": calls[k:],
-                    "hidden_outputs": outs[k:], "message": "a one-line function"}
+            item = induction_item(program, [(c, _output(program, c)) for c in calls], shown, "a one-line function")
         else:
             given = inputs(rng)
             item = {"program": program, "input": given, "output": _output(program, given)}

@@ -184,3 +184,23 @@ def run_calls(jobs: Sequence[tuple[str, Sequence[str]]], *, timeout_s: float = T
             continue
         out.append((None, values) if len(values) == len(calls) else ("bad output", []))
     return out
+
+
+def run_twice(program: str, calls: Sequence[str]) -> tuple[str | None, list[str | None], list[str | None]]:
+    """``program`` on ``calls`` in two separate sandbox runs (side by side), as Absolute Zero
+    checks determinism: ``(reason the first failing run gave or None, first values, second values)``
+    (values ``[None] * len(calls)`` for a run that failed)."""
+    first, second = run_calls([(program, calls), (program, calls)])
+    reason = first[0] or second[0]
+    if reason:
+        return reason, [None] * len(calls), [None] * len(calls)
+    return None, first[1], second[1]
+
+
+def induction_item(program: str, pairs: Sequence[tuple[str, str]], shown: int, message: str) -> dict:
+    """An induction task from ``(input, output)`` pairs: the first ``shown`` (at least one, and
+    never all) shown to the solver, the rest hidden to check its program."""
+    k = max(1, min(shown, len(pairs) - 1))
+    return {"program": program, "inputs": [a for a, _ in pairs[:k]], "outputs": [o for _, o in pairs[:k]],
+            "hidden_inputs": [a for a, _ in pairs[k:]], "hidden_outputs": [o for _, o in pairs[k:]],
+            "message": message}

@@ -144,7 +144,7 @@ def test_a_repeated_problem_earns_nothing_and_a_window_miss_drops_the_solvers():
 
 def test_the_history_keeps_the_last_100_problems():
     pools = Pools()
-    done = run(PasoDobleMath(), terse_reply(["12}", "3}"]), seeds=range(130), pools=pools)
+    run(PasoDobleMath(), terse_reply(["12}", "3}"]), seeds=range(130), pools=pools)
     history = pools.get("history")
     assert history.added == 130 and len(history) == 100 == PasoDobleMath.history_size
     assert history.items == [sorted(tokens("and gets 5 more. How many are there?"))] * 100
