@@ -106,6 +106,18 @@ def diversity(problem_tokens: frozenset[str], history: list) -> float:
     return sum(jaccard(problem_tokens, frozenset(past)) <= SIMILAR for past in history) / len(history)
 
 
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def stated(problem: str, answer: str | None) -> bool:
+    """Whether a problem states its own answer: the answer (a box's content) is one of the
+    numbers written in the problem, so a solver need only copy it."""
+    if answer is None:
+        return False
+    value = answer.strip().replace(",", "")
+    return _NUMBER.fullmatch(value) is not None and value in _NUMBER.findall(problem.replace(",", ""))
+
+
 def proposer_reward(p: float, d: float, *, min_pass: float = 0.2, min_diversity: float = 0.3) -> float:
     """PasoDoble's proposer reward: 0 if p <= min_pass, 0 if d <= min_diversity, else 1.1 - p + 0.2 d."""
     if p <= min_pass or d <= min_diversity:
@@ -229,12 +241,15 @@ class PasoDobleMath(Game):
 
     def __init__(self, *, solvers: int = 4, min_pass: float = 0.2, min_diversity: float = 0.3,
                  format_penalty: float = -1.0, prompts: str = "terse", knowledge: str | None = None,
-                 held_out: int = 64, proposer_tokens: int | None = None, solver_tokens: int | None = None):
+                 held_out: int = 64, proposer_tokens: int | None = None, solver_tokens: int | None = None,
+                 trivial: float | None = 0.0):
         """``solvers``: answers per problem (PasoDoble: 6). ``min_pass``, ``min_diversity``:
         the proposer's window. ``format_penalty``: a malformed proposal's reward.
         ``prompts``: "terse" or "reasoning". ``knowledge``: a folder of .txt/.md passages.
         ``held_out``: problems in the evaluation. ``proposer_tokens``, ``solver_tokens``:
-        generation budgets (terse: 40 for the problem and 12 per answer; reasoning: 512)."""
+        generation budgets (terse: 40 for the problem and 12 per answer; reasoning: 512).
+        ``trivial``: the reward of a proposal whose answer is a number its problem states
+        (no solver is asked); None asks the solvers as PasoDoble does."""
         if prompts not in PROMPT_STYLES:
             raise ValueError(f"game 'pasodoble_math': option prompts={prompts!r}; valid: {', '.join(PROMPT_STYLES)}")
         if solvers < 1:
@@ -243,6 +258,7 @@ class PasoDobleMath(Game):
             raise ValueError(f"game 'pasodoble_math': option held_out={held_out}; it must be >= 1")
         self.solvers, self.min_pass, self.min_diversity = solvers, min_pass, min_diversity
         self.format_penalty, self.prompts, self.held_out = format_penalty, prompts, held_out
+        self.trivial = trivial
         self.passages = _passages(knowledge) if knowledge else ()
         terse = prompts == "terse"
         self.proposer_tokens = proposer_tokens or (40 if terse else 512)
@@ -283,6 +299,13 @@ class PasoDobleMath(Game):
         if proposal is None:
             return
         turns, problem, answer, d = proposal
+        if self.trivial is not None and stated(problem, last_boxed(answer)):
+            for t in turns:
+                table.reward(t, self.trivial)
+            table.log("trivial", 1.0)
+            table.set_info(answer=last_boxed(answer), trivial=True)
+            return
+        table.log("trivial", 0.0)
 
         prompt, lead = self.solver_prompt(problem)
         solutions = await table.ask("solver", prompt, n=self.solvers, parent=turns[0], prefix=lead,

@@ -15,7 +15,7 @@ from rolekit.table import POLICY, EpisodeSpec, ModelResponder, Scheduler
 from rolekit.testing import CharChat, ScriptedBackend
 from rolekit.verifiers.math import verify_math
 from rolekit_dualplay.pasodoble import (PasoDobleMath, diversity, held_out_problems, jaccard, parse_proposal,
-                                        proposer_reward, tokens)
+                                        proposer_reward, stated, tokens)
 
 # --- PasoDoble's reward by hand ------------------------------------------------------------------
 
@@ -148,6 +148,23 @@ def test_the_history_keeps_the_last_100_problems():
     history = pools.get("history")
     assert history.added == 130 and len(history) == 100 == PasoDobleMath.history_size
     assert history.items == [sorted(tokens("and gets 5 more. How many are there?"))] * 100
+
+
+def test_a_problem_stating_its_own_answer_earns_the_trivial_reward_and_asks_no_solver():
+    assert stated("Tom has 7 apples. How many apples does Tom have?", "7")
+    assert stated("Tom has 1,200 coins. How many?", "1200") and stated("It costs 2.5 dollars. How much?", " 2.5 ")
+    assert not stated("Tom has 7 apples and gets 5 more. How many?", "12")
+    assert not stated("Tom has 17 apples. How many?", "7") and not stated("Tom has 7 apples?", "\\frac{7}{2}")
+    assert not stated("Tom has 7 apples?", None)
+    lead_number = int(PasoDobleMath().proposer_prompt(random.Random(0))[1].split()[3])
+    copy = terse_reply(["%d}" % lead_number], proposer_answer="%d}" % lead_number, problem=". How many are there?")
+    [e] = run(PasoDobleMath(), copy)
+    assert e.info["trivial"] and not roles(e, "solver") and not e.invalid
+    assert [e.rewards[t.id] for t in roles(e, "proposer")] == [0.0, 0.0]
+    [e] = run(PasoDobleMath(trivial=-0.5), copy)
+    assert [e.rewards[t.id] for t in roles(e, "proposer")] == [-0.5, -0.5]
+    [e] = run(PasoDobleMath(trivial=None), copy)  # PasoDoble's own rule: the solvers are asked
+    assert len(roles(e, "solver")) == 4 and "trivial" not in e.info
 
 
 def test_malformed_proposals_are_penalised_by_reason_and_ask_no_solver():
