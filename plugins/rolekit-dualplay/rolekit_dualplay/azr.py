@@ -39,6 +39,26 @@ from rolekit_dualplay.programs import (call_args, check_program, fenced, inducti
 
 TASKS = ("deduction", "abduction", "induction")
 SEED = {"program": "def f(a):\n    return a", "input": "'Hello World'", "output": "'Hello World'"}
+SEEDS = ("identity", "library")
+
+# ``seed = "library"``: one-line programs, each with one input, that start the deduction and
+# abduction buffers in place of the identity alone. Absolute Zero seeds its buffers with
+# programs the base model writes before training (``_init_seed_dataset``, 4 x a step's
+# batch of valid proposals, or a ``seed_dataset`` file); a 135M model's proposals from the
+# identity are variants of the identity, so this hand-written set stands in. It is
+# written apart from the held-out templates (heldout.py) and shares none of their programs.
+LIBRARY = (
+    ("def f(x):\n    return x - 3", "8"), ("def f(x):\n    return x * x", "4"),
+    ("def f(x):\n    return 2 * x + 1", "5"), ("def f(x):\n    return abs(x - 10)", "4"),
+    ("def f(x):\n    return min(x, 7)", "12"), ("def f(x):\n    return x if x > 5 else -x", "3"),
+    ("def f(a, b):\n    return a * b", "3, 4"), ("def f(a, b):\n    return a - b", "9, 2"),
+    ("def f(s):\n    return s.lower()", "'Apple'"), ("def f(s):\n    return s[0]", "'moon'"),
+    ("def f(s):\n    return s[1:]", "'green'"), ("def f(s):\n    return s + '!'", "'yes'"),
+    ("def f(s):\n    return s.count('a')", "'banana'"), ("def f(s):\n    return len(s)", "'river'"),
+    ("def f(s):\n    return s.replace('a', 'o')", "'cat'"), ("def f(xs):\n    return xs[0]", "[5, 2, 8]"),
+    ("def f(xs):\n    return min(xs)", "[6, 3, 9]"), ("def f(xs):\n    return len(xs)", "[1, 2, 3, 4]"),
+    ("def f(xs):\n    return xs[::-1]", "[1, 2, 3]"), ("def f(xs):\n    return [v + 1 for v in xs]", "[0, 4, 7]"),
+)
 
 # --- prompts ---------------------------------------------------------------------------------
 # terse: sized for the 135M embedded default (short, with the answer's first characters
@@ -219,6 +239,18 @@ def validate_inputs(program: str, text: str, shown: int) -> tuple[dict | None, s
     return induction_item(program, pairs, shown, message), ""
 
 
+def library() -> list[dict]:
+    """LIBRARY as buffer items, each validated (and its output computed) in the sandbox as
+    a proposal is; a program that fails validation is a bug here, so it raises."""
+    items = []
+    for program, given in LIBRARY:
+        item, why = validate_program(f"```python\n{program}\n```\nf({given})")
+        if item is None:
+            raise RuntimeError(f"azr_code seed library: {program!r} on {given}: {why}")
+        items.append(item)
+    return items
+
+
 class AzrCode(Game):
     name = "azr_code"
     description = ("Absolute Zero: propose Python programs (deduction / abduction / induction), "
@@ -229,12 +261,15 @@ class AzrCode(Game):
 
     def __init__(self, *, tasks: tuple[str, ...] | list[str] = TASKS, solvers: int = 4, references: int = 2,
                  buffer: int = 512, induction_inputs: int = 4, prompts: str = "terse", held_out: int = 60,
-                 propose_tokens: int | None = None, solve_tokens: int | None = None):
+                 propose_tokens: int | None = None, solve_tokens: int | None = None, seed: str = "identity"):
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(tasks)}")
         if prompts not in ("terse", "reasoning"):
             raise ValueError(f"prompts must be 'terse' or 'reasoning', got {prompts!r}")
+        if seed not in SEEDS:
+            raise ValueError(f"seed must be one of {', '.join(SEEDS)}, got {seed!r}")
+        self.seed = seed
         if solvers < 1 or references < 1 or induction_inputs < 2:
             raise ValueError("solvers and references must be >= 1 and induction_inputs >= 2")
         self.tasks, self.solvers, self.references, self.buffer = tuple(tasks), solvers, references, buffer
@@ -248,12 +283,16 @@ class AzrCode(Game):
         return self.solve_tokens or (40 if task == "induction" else 16)
 
     def buffer_of(self, table, task: str):
-        """The task type's pool of valid proposals, seeded with the identity program."""
+        """The task type's pool of valid proposals, seeded with the identity program (and,
+        with ``seed = "library"``, the deduction and abduction pools with LIBRARY too)."""
         pool = table.pool(task, self.buffer)
         if not pool.items:
             pool.add(SEED if task != "induction" else
                      {**SEED, "inputs": ["'Hello World'"], "outputs": ["'Hello World'"],
                       "hidden_inputs": ["'abc'"], "hidden_outputs": ["'abc'"], "message": "returns its input"})
+            if self.seed == "library" and task != "induction":
+                for item in library():
+                    pool.add(item)
         return pool
 
     async def play(self, table):

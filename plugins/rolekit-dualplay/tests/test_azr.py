@@ -11,8 +11,8 @@ from rolekit.pools import Pools
 from rolekit.table import POLICY, EpisodeSpec, ModelResponder, Scheduler
 from rolekit.testing import CharChat, ScriptedBackend
 from rolekit_dualplay import heldout
-from rolekit_dualplay.azr import (INPUT_ASK, AzrCode, proposer_reward, score_solutions, solver_reward,
-                                  validate_inputs, validate_program)
+from rolekit_dualplay.azr import (INPUT_ASK, LIBRARY, SEED, AzrCode, library, proposer_reward, score_solutions,
+                                  solver_reward, validate_inputs, validate_program)
 from rolekit_dualplay.programs import call_args, check_program, split_proposal
 
 # --- parsing and checking (host side: nothing runs) ---------------------------------------------
@@ -158,6 +158,27 @@ def test_an_invalid_proposal_is_penalised_by_reason_and_the_solvers_train_on_the
     assert [episode.rewards[t.id] for t in proposer] == [-1.0, -1.0]
     assert [episode.rewards[t.id] for t in solvers] == [1.0, 1.0]
     assert episode.info["valid"] is False and episode.info["reason"] == "banned: os"
+
+
+def test_the_seed_library_starts_the_program_buffers_and_shares_nothing_with_the_held_out_set():
+    items = library()
+    assert len(items) == len(LIBRARY) and {"program": "def f(x):\n    return x * x", "input": "4",
+                                            "output": "16"} in items
+    held_out = {item["program"] for _, item in heldout.tasks(300, ["deduction"], 2)}
+    assert not held_out & {item["program"] for item in items}
+
+    def reply(prompt):
+        return "x):\n    return x\n```" if prompt.startswith("Examples:") else "2)"
+
+    pools = Pools()
+    list(scripted(reply).run([EpisodeSpec(AzrCode(tasks=("deduction",), solvers=1, seed="library"), 0, {},
+                                          pools=pools)]))
+    assert pools.get("deduction").items[:len(items) + 1] == [SEED, *items]
+    pools = Pools()
+    list(scripted(reply).run([EpisodeSpec(AzrCode(tasks=("deduction",), solvers=1), 0, {}, pools=pools)]))
+    assert pools.get("deduction").items[0] == SEED and len(pools.get("deduction").items) == 2
+    with pytest.raises(ValueError, match="seed must be one of identity, library, got 'x'"):
+        AzrCode(seed="x")
 
 
 # --- held-out set, training, resume ------------------------------------------------------------------
