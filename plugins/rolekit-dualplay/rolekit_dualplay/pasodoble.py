@@ -242,14 +242,16 @@ class PasoDobleMath(Game):
     def __init__(self, *, solvers: int = 4, min_pass: float = 0.2, min_diversity: float = 0.3,
                  format_penalty: float = -1.0, prompts: str = "terse", knowledge: str | None = None,
                  held_out: int = 64, proposer_tokens: int | None = None, solver_tokens: int | None = None,
-                 trivial: float | None = 0.0):
+                 trivial: float | None = None):
         """``solvers``: answers per problem (PasoDoble: 6). ``min_pass``, ``min_diversity``:
         the proposer's window. ``format_penalty``: a malformed proposal's reward.
         ``prompts``: "terse" or "reasoning". ``knowledge``: a folder of .txt/.md passages.
         ``held_out``: problems in the evaluation. ``proposer_tokens``, ``solver_tokens``:
         generation budgets (terse: 40 for the problem and 12 per answer; reasoning: 512).
-        ``trivial``: the reward of a proposal whose answer is a number its problem states
-        (no solver is asked); None asks the solvers as PasoDoble does."""
+        ``trivial``: when set, the reward of a proposal whose answer is a number its
+        problem states ("Tom has 7 apples. How many?"), and no solver is asked; None (the
+        default) asks the solvers as PasoDoble does. On SmolLM2-135M, 0 kept the solvers
+        from learning to copy but left them almost nothing to train on (BENCHMARKS.md)."""
         if prompts not in PROMPT_STYLES:
             raise ValueError(f"game 'pasodoble_math': option prompts={prompts!r}; valid: {', '.join(PROMPT_STYLES)}")
         if solvers < 1:
@@ -299,13 +301,13 @@ class PasoDobleMath(Game):
         if proposal is None:
             return
         turns, problem, answer, d = proposal
-        if self.trivial is not None and stated(problem, last_boxed(answer)):
+        trivial = stated(problem, last_boxed(answer))
+        table.log("trivial", float(trivial))  # measured under either rule
+        if trivial and self.trivial is not None:
             for t in turns:
                 table.reward(t, self.trivial)
-            table.log("trivial", 1.0)
             table.set_info(answer=last_boxed(answer), trivial=True)
             return
-        table.log("trivial", 0.0)
 
         prompt, lead = self.solver_prompt(problem)
         solutions = await table.ask("solver", prompt, n=self.solvers, parent=turns[0], prefix=lead,

@@ -158,12 +158,12 @@ def test_a_problem_stating_its_own_answer_earns_the_trivial_reward_and_asks_no_s
     assert not stated("Tom has 7 apples?", None)
     lead_number = int(PasoDobleMath().proposer_prompt(random.Random(0))[1].split()[3])
     copy = terse_reply(["%d}" % lead_number], proposer_answer="%d}" % lead_number, problem=". How many are there?")
-    [e] = run(PasoDobleMath(), copy)
+    [e] = run(PasoDobleMath(trivial=0.0), copy)
     assert e.info["trivial"] and not roles(e, "solver") and not e.invalid
     assert [e.rewards[t.id] for t in roles(e, "proposer")] == [0.0, 0.0]
     [e] = run(PasoDobleMath(trivial=-0.5), copy)
     assert [e.rewards[t.id] for t in roles(e, "proposer")] == [-0.5, -0.5]
-    [e] = run(PasoDobleMath(trivial=None), copy)  # PasoDoble's own rule: the solvers are asked
+    [e] = run(PasoDobleMath(), copy)  # the default, PasoDoble's own rule: the solvers are asked
     assert len(roles(e, "solver")) == 4 and "trivial" not in e.info
 
 
