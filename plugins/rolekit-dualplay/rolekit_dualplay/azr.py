@@ -29,6 +29,7 @@ invalid. Advantages: Task-Relative REINFORCE++ -- rewards whitened over the step
 
 from __future__ import annotations
 
+import functools
 import statistics
 from typing import Any
 
@@ -240,15 +241,21 @@ def validate_inputs(program: str, text: str, shown: int) -> tuple[dict | None, s
 
 
 def library() -> list[dict]:
-    """LIBRARY as buffer items, each validated (and its output computed) in the sandbox as
-    a proposal is; a program that fails validation is a bug here, so it raises."""
+    """LIBRARY as buffer items (fresh dicts), each validated (and its output computed) in
+    the sandbox as a proposal is, once per process; a program that fails validation is a
+    bug here, so it raises."""
+    return [dict(item) for item in _library()]
+
+
+@functools.cache
+def _library() -> tuple[dict, ...]:
     items = []
     for program, given in LIBRARY:
         item, why = validate_program(f"```python\n{program}\n```\nf({given})")
         if item is None:
             raise RuntimeError(f"azr_code seed library: {program!r} on {given}: {why}")
         items.append(item)
-    return items
+    return tuple(items)
 
 
 class AzrCode(Game):
@@ -269,11 +276,11 @@ class AzrCode(Game):
             raise ValueError(f"prompts must be 'terse' or 'reasoning', got {prompts!r}")
         if seed not in SEEDS:
             raise ValueError(f"seed must be one of {', '.join(SEEDS)}, got {seed!r}")
-        self.seed = seed
         if solvers < 1 or references < 1 or induction_inputs < 2:
             raise ValueError("solvers and references must be >= 1 and induction_inputs >= 2")
         self.tasks, self.solvers, self.references, self.buffer = tuple(tasks), solvers, references, buffer
         self.induction_inputs, self.prompts, self.held_out = induction_inputs, prompts, held_out
+        self.seed = seed
         terse = prompts == "terse"
         self.propose_tokens = propose_tokens or (48 if terse else 1024)
         self.solve_tokens = solve_tokens or (0 if terse else 1024)  # 0: per task, below

@@ -301,12 +301,13 @@ class PasoDobleMath(Game):
         if proposal is None:
             return
         turns, problem, answer, d = proposal
-        trivial = stated(problem, last_boxed(answer))
+        boxed = last_boxed(answer)
+        trivial = stated(problem, boxed)
         table.log("trivial", float(trivial))  # measured under either rule
         if trivial and self.trivial is not None:
             for t in turns:
                 table.reward(t, self.trivial)
-            table.set_info(answer=last_boxed(answer), trivial=True)
+            table.set_info(answer=boxed, trivial=True)
             return
 
         prompt, lead = self.solver_prompt(problem)
@@ -327,7 +328,7 @@ class PasoDobleMath(Game):
         for t in turns:
             table.reward(t, r)
         table.log("pass_rate", p)
-        table.set_info(answer=last_boxed(answer), pass_rate=p, proposer_reward=r)
+        table.set_info(answer=boxed, pass_rate=p, proposer_reward=r)
 
     def problem_of(self, text: str) -> str | None:
         """A terse problem turn's problem (None: malformed): its text after "Problem: " up
