@@ -519,7 +519,7 @@ class Trainer:
             "tokens_per_s": tokens / seconds if seconds else 0.0,
             "loss": learned.get("loss"), "grad_norm": learned.get("grad_norm"),
             "padding_fraction": learned.get("padding_fraction"), "skipped_update": bool(learned.get("nonfinite")),
-            "roles": by_role,
+            "roles": by_role, "games": _game_logs(episodes),
         }
 
     def _write(self, metrics: dict, episodes: list[Episode], batch: list[Sample]) -> None:
@@ -618,6 +618,18 @@ def _trained_roles(episode: Episode) -> list[str]:
     if not episode.ok or episode.info.get("dropped"):
         return []
     return [role for role, who in episode.seats.items() if who == POLICY]
+
+
+def _game_logs(episodes: list[Episode]) -> dict[str, dict[str, float]]:
+    """What the games measured (``table.log``), per game: each key's mean over the step's
+    episodes that logged it, and how many did (``key/n``)."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for e in episodes:
+        for key, x in e.logs.items():
+            values[e.game][key].append(x)
+    return {game: {k: v for key, xs in sorted(logged.items())
+                   for k, v in ((key, statistics.fmean(xs)), (f"{key}/n", len(xs)))}
+            for game, logged in sorted(values.items())}
 
 
 def _outcome(episode: Episode, role: str) -> str:

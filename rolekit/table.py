@@ -243,6 +243,8 @@ class Table:
         self.info.update(facts)
 
     def log(self, key: str, x: float) -> None:
+        """Record a figure of this episode (the last value per key); the step's metrics hold
+        each key's mean over the episodes that logged it, under ``games.<game>``."""
         self.logs[key] = float(x)
 
     def verify(self, name: str, *args, **kwargs) -> Verdict:

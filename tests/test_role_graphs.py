@@ -118,6 +118,9 @@ class Guess(Game):
         if self.drop_every and table.seed % self.drop_every == 0:
             table.drop(q, "every nth question")
         table.reward(q, statistics.fmean(scores))
+        table.log("solve_rate", statistics.fmean(scores))
+        if table.seed % 2:
+            table.log("odd_seed", 1.0)
         history = table.pool("history", capacity=5)
         history.add(table.seed)
         history.data["episodes"] = history.data.get("episodes", 0) + 1
@@ -211,6 +214,18 @@ def test_drop_and_invalid_reasons_are_counted_per_role(tmp_path):
     assert 0 < solver["invalid_turns"] <= 1
     assert solver["turns"] == 4 * solver["policy_episodes"]
     assert "win" not in solver and "draw" not in solver  # a cooperative graph has no outcomes
+
+
+def test_what_a_game_logs_reaches_the_steps_metrics(tmp_path):
+    trainer = Trainer(config(algorithm={"steps": 1}), tmp_path / "run", kernel=kernel(), quiet=True)
+    [m] = trainer.run()
+    logged = m["games"]["guess"]
+    solver = m["roles"]["guess/solver"]
+    assert logged["solve_rate"] == pytest.approx(solver["reward_per_turn"])  # the mean over the episodes
+    assert logged["solve_rate/n"] == m["episodes"]
+    assert logged["odd_seed"] == 1.0 and 0 < logged["odd_seed/n"] < m["episodes"]  # only the episodes that logged
+    [line] = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert line["games"] == {"guess": logged}
 
 
 def test_a_task_pool_survives_resume_exactly(tmp_path):
