@@ -67,3 +67,18 @@ class ScriptedBackend:
 
     def sync(self, model) -> None:
         pass
+
+
+def tiny_config(game: dict, *, steps: int = 3, evaluate: bool = True, samples: int = 12):
+    """A short run on tiny-random for a plugin's engine tests: ``game`` is its curriculum
+    entry; evaluation at the start and every 3 steps (``evaluate``), a checkpoint every step."""
+    from rolekit.config import from_dict
+
+    return from_dict({
+        "seed": 0, "model": {"name": "tiny-random"},
+        "rollout": {"samples_per_step": samples, "concurrency": 8},
+        "algorithm": {"steps": steps, "lr": 1e-3},
+        "eval": {"every": 3, "at_start": True} if evaluate else {"every": 0},
+        "checkpoint": {"every": 1, "keep": 5},
+        "curriculum": [game],
+    })

@@ -12,7 +12,7 @@ from rolekit.engine import Trainer
 from rolekit.evaluate import Evaluator, Policy
 from rolekit.pools import Pools
 from rolekit.table import POLICY, EpisodeSpec, ModelResponder, Scheduler
-from rolekit.testing import CharChat, ScriptedBackend
+from rolekit.testing import CharChat, ScriptedBackend, tiny_config
 from rolekit.verifiers.math import verify_math
 from rolekit_dualplay.pasodoble import (PasoDobleMath, diversity, held_out_problems, jaccard, parse_proposal,
                                         proposer_reward, stated, tokens)
@@ -266,15 +266,9 @@ class EveryTextAProblem(PasoDobleMath):
 
 
 def config(game="pasodoble_math", steps=3, evaluate=True, samples=12):
-    return from_dict({
-        "seed": 0, "model": {"name": "tiny-random"},
-        "rollout": {"samples_per_step": samples, "concurrency": 8},
-        "algorithm": {"steps": steps, "lr": 1e-3},
-        "eval": {"every": 3, "at_start": True} if evaluate else {"every": 0},
-        "checkpoint": {"every": 1, "keep": 5},
-        "curriculum": [{"game": game,
-                        "options": {"held_out": 4, "solvers": 2, "proposer_tokens": 8, "solver_tokens": 4}}],
-    })
+    return tiny_config({"game": game,
+                        "options": {"held_out": 4, "solvers": 2, "proposer_tokens": 8, "solver_tokens": 4}},
+                       steps=steps, evaluate=evaluate, samples=samples)
 
 
 def test_trains_on_tiny_random_through_the_real_engine(kernel, tmp_path):

@@ -15,7 +15,7 @@ from rolekit.evaluate import Evaluator, Policy
 from rolekit.plugins import Kernel
 from rolekit.pools import Pools
 from rolekit.table import POLICY, EpisodeSpec, ModelResponder, Scheduler
-from rolekit.testing import CharChat, ScriptedBackend
+from rolekit.testing import CharChat, ScriptedBackend, tiny_config
 from rolekit_spell import prompts
 from rolekit_spell.documents import held_out
 from rolekit_spell.spell import Spell
@@ -278,17 +278,11 @@ def test_evaluate_is_greedy_responder_accuracy_with_a_standard_error(kernel):
 
 
 def config(game="spell", steps=3, evaluate=True, samples=12, **options):
-    return from_dict({
-        "seed": 0, "model": {"name": "tiny-random"},
-        "rollout": {"samples_per_step": samples, "concurrency": 8},
-        "algorithm": {"steps": steps, "lr": 1e-3},
-        "eval": {"every": 3, "at_start": True} if evaluate else {"every": 0},
-        "checkpoint": {"every": 1, "keep": 5},
-        "curriculum": [{"game": game, "advantage": {"questioner": "rae"},
+    return tiny_config({"game": game, "advantage": {"questioner": "rae"},
                         "options": {"held_out": 4, "responders": 2, "verifiers": 2, "documents": 4,
                                     "paragraphs": 2, "questioner_tokens": 8, "responder_tokens": 4,
-                                    "verifier_tokens": 3, **options}}],
-    })
+                                    "verifier_tokens": 3, **options}},
+                       steps=steps, evaluate=evaluate, samples=samples)
 
 
 def test_trains_on_tiny_random_through_the_real_engine(kernel, tmp_path):
