@@ -147,6 +147,9 @@ def rolekit_register_verifiers(registry):
     registry.add("math", verify_math)
     from rolekit.verifiers.code import verify_python  # the sandbox starts on first use
     registry.add("python", verify_python)
+    from rolekit.verifiers import judges  # judge:MODEL, reward_model:PATH, refusal, think_answer
+
+    judges.register(registry)
 
 
 # --- reward shapers ----------------------------------------------------------------------

@@ -278,6 +278,11 @@ class Trainer:
         for game, entry in zip(self.curriculum.games, config.curriculum):
             seats = {r: w for r, w in entry.seats.items() if w.startswith(SCRIPTED)}
             self.scripted.update(scripted_responders(self.kernel, game, seats))
+        # --- judges (table.judge): judge:frozen is the base, the adapter disabled -----------
+        from rolekit.verifiers.judges import JudgeContext, Judges
+
+        self.judges = Judges(self.kernel, JudgeContext(
+            policy=self.policy.responder("judge:policy"), base=self._frozen_base(), device=str(self.policy.device)))
         self.step = 0
         self.leftover: list[Sample] = []
         self.stale: dict[str, int] = {}  # game/role -> leftover samples dropped this step as too old
@@ -309,6 +314,7 @@ class Trainer:
                 tokens_before = self.policy.backend.tokens_generated
 
                 # --- rollout: play until the step has enough policy samples ----------------
+                self.judges.reset()
                 episodes, samples = self._rollout()
                 timing = {"rollout": time.perf_counter() - start}
                 batch = samples[: cfg.rollout.samples_per_step]
@@ -330,6 +336,8 @@ class Trainer:
                 metrics = self._metrics(episodes, batch, learned, seconds,
                                         self.policy.backend.tokens_generated - tokens_before)
                 metrics["timing"] = {k: round(v, 3) for k, v in timing.items()}
+                if judged := self.judges.stats():  # spec -> calls, items, no-verdict rate, seconds
+                    metrics["judges"] = judged
                 if cfg.eval.every and (self.step % cfg.eval.every == 0 or last):
                     eval_start = time.perf_counter()
                     metrics["eval"] = self._safe_evaluate()
@@ -344,6 +352,12 @@ class Trainer:
                 history.append(metrics)
                 show(metrics)
         return history
+
+    def _frozen_base(self):
+        """How ``judge:frozen`` reaches the untrained model without a second copy: the LoRA
+        adapter disabled. Full fine-tuning has none (the judge then says to name the model:
+        ``judge:<model.name>`` loads the base once more)."""
+        return self.policy.reference if self.config.lora.enabled else None
 
     def resolved_config(self) -> TrainConfig:
         """The config as run: each curriculum entry names every role's estimator and options."""
@@ -369,7 +383,8 @@ class Trainer:
         responders = {POLICY: self.policy.responder(), **self.scripted}
         responders.update({f"{SNAPSHOT}:{i}": SnapshotResponder(f"{SNAPSHOT}:{i}", self.policy, i)
                            for i in range(pool)})
-        scheduler = Scheduler(responders, kernel=self.kernel, concurrency=self.config.rollout.concurrency)
+        scheduler = Scheduler(responders, kernel=self.kernel, concurrency=self.config.rollout.concurrency,
+                              judges=self.judges)
         started, candidates, kept_ratio = 0, 0, 1.0  # candidates: trainable turns of this step's episodes
         limit = max(1000, 50 * target)  # episodes without a sample before giving up
         carried = len(samples)

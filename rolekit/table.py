@@ -90,12 +90,40 @@ class Ask:
         return AskRequest(self.table.game_name, self.role, self.prompt, self.n, self.sampling,
                           self.info, self.after, self.prefix, self.stop, self.choices, self.table.responder_rng)
 
+    def responder_name(self) -> str:
+        """Who answers it: the seat map's entry for its role."""
+        return self.table.seats.get(self.role, POLICY)
+
     def __await__(self):
         yield (self,)
         return self.table._record(self)
 
     def __iter__(self):  # `[turn] = table.ask(...)` without await lands here
         raise TypeError(f"table.ask({self.role!r}, ...) was not awaited: write `[turn] = await table.ask(...)`")
+
+
+class JudgeAsk(Ask):
+    """``await table.judge(...)``: suspends the episode until the judge's verdicts arrive.
+
+    Batched by the scheduler with every other episode's asks of the same judge; the
+    verdicts are values, not turns, so they never become training samples."""
+
+    def __init__(self, table: "Table", spec: str, items: tuple, rubric: str, scale: str, constrained: bool,
+                 max_new_tokens: int):
+        from rolekit.verifiers.judges import JudgeRequest
+
+        self.table, self.role, self.answers = table, f"judge:{spec}", None
+        self.judge_request = JudgeRequest(table.game_name, spec, items, rubric, scale, constrained, max_new_tokens)
+
+    def request(self):
+        return self.judge_request
+
+    def responder_name(self) -> str:
+        return self.role
+
+    def __await__(self):
+        yield (self,)
+        return self.table._record_verdicts(self)
 
 
 class Gather:
@@ -106,7 +134,7 @@ class Gather:
 
     def __await__(self):
         yield self.asks
-        return [a.table._record(a) for a in self.asks]
+        return [a.table._record_verdicts(a) if isinstance(a, JudgeAsk) else a.table._record(a) for a in self.asks]
 
 
 class Table:
@@ -165,6 +193,34 @@ class Table:
     def gather(self, *asks: Ask) -> Gather:
         """Await several asks at once: ``a, b = await table.gather(table.ask(..), table.ask(..))``."""
         return Gather(asks)
+
+    def judge(self, spec: str, items: Sequence[Any], *, rubric: str = "", scale: str = "yes_no",
+              constrained: bool = False, max_new_tokens: int = 16) -> JudgeAsk:
+        """Ask the judge ``spec`` for one ``Verdict`` per item; await the list.
+
+        ``spec``: ``judge:frozen`` (the base model, adapter disabled), ``judge:PATH``,
+        ``reward_model:PATH``, or a rule judge (``refusal``, ``think_answer``, any verifier);
+        see ``rolekit.verifiers.judges``. ``items``: strings, (prompt, response) pairs or
+        ``JudgeItem``s. A model judge is asked ``rubric`` about each item and answers on
+        ``scale`` ("yes_no": 1/0, "score": 1-10 rescaled to [0, 1]); what it cannot parse
+        is a verdict with ``ok=False`` and a nan score (never a silent 0).
+        ``constrained``: the model picks a label by its likelihood (always a verdict).
+        Judges are batched across episodes and counted in the step's metrics (``judges``)."""
+        from rolekit.verifiers.judges import SCALES, JudgeItem
+
+        if scale not in SCALES:
+            raise ValueError(f"table.judge scale {scale!r}: expected one of {SCALES}")
+        parsed = tuple(JudgeItem.of(item) for item in items)
+        if not parsed:
+            raise ValueError(f"table.judge({spec!r}, ...) needs at least one item")
+        return JudgeAsk(self, spec, parsed, rubric, scale, constrained, max_new_tokens)
+
+    def _record_verdicts(self, ask: JudgeAsk) -> list[Verdict]:
+        verdicts = list(ask.answers or ())
+        calls = self.info.setdefault("judged", {})
+        spec = ask.judge_request.spec
+        calls[spec] = calls.get(spec, 0) + len(verdicts)
+        return verdicts
 
     def _record(self, ask: Ask) -> list[Turn]:
         responder = self.seats.get(ask.role, POLICY)
@@ -251,7 +307,10 @@ class Table:
         """Run a registered verifier; a verifier that raises yields ``Verdict(0, ok=False)``."""
         if self.kernel is None:
             raise RuntimeError("table.verify needs a Kernel (no plugins loaded)")
-        fn = self.kernel.verifiers.get(name)
+        entry = self.kernel.verifiers.entry(name)
+        if entry.meta.get("judge"):
+            raise TypeError(f"{name!r} is a model judge: ask it with `await table.judge({name + ':...'!r}, items)`")
+        fn = entry.obj
         try:
             verdict = fn(*args, **kwargs)
         except Exception as exc:
@@ -450,9 +509,10 @@ class Scheduler:
     """
 
     def __init__(self, responders: dict[str, Responder], *, kernel: "Kernel | None" = None,
-                 concurrency: int = 64, max_failures: int = 20):
+                 concurrency: int = 64, max_failures: int = 20, judges: Any = None):
         self.responders = dict(responders)
         self.kernel = kernel
+        self.judges = judges  # rolekit.verifiers.judges.Judges; made on the first judge ask if None
         self.concurrency = concurrency
         self.max_failures = max_failures
         self.failures = 0
@@ -496,8 +556,9 @@ class Scheduler:
                 for ask in item.waiting:
                     if ask.answers is not None:
                         continue
-                    groups[item.table.seats.get(ask.role, POLICY)].append((item, ask))
-            scripted = {name: g for name, g in groups.items() if isinstance(self._responder(name), ScriptedResponder)}
+                    groups[ask.responder_name()].append((item, ask))
+            scripted = {name: g for name, g in groups.items() if isinstance(self._responder(name), ScriptedResponder)
+                        or getattr(self._responder(name), "immediate", False)}  # and rule judges
             batch = scripted or groups
             if not batch:
                 return finished
@@ -518,6 +579,12 @@ class Scheduler:
                 return finished
 
     def _responder(self, name: str) -> Responder:
+        if name.startswith("judge:"):
+            if self.judges is None:
+                from rolekit.verifiers.judges import Judges
+
+                self.judges = Judges.for_responder(self.kernel, self.responders.get(POLICY))
+            return self.judges.get(name[len("judge:"):])
         try:
             return self.responders[name]
         except KeyError:
