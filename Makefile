@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # CPU build of PyTorch (installed first so the project's torch range adds nothing).
 # On a CUDA machine: make setup TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
-PLUGINS = plugins/rolekit-games plugins/rolekit-dualplay plugins/rolekit-spell plugins/rolekit-redteam
+PLUGINS = plugins/rolekit-games plugins/rolekit-dualplay plugins/rolekit-spell plugins/rolekit-redteam plugins/rolekit-eva
 STAMP   = $(VENV)/.rolekit-installed
 
 .PHONY: setup demo test test-fast bench bench-full clean

@@ -20,24 +20,28 @@ TINY = {"azr_code": ["curriculum.0.advantage=rae", "curriculum.0.options.propose
                   "curriculum.0.options.held_out=2"],
         # a random model never closes </think>: without the format both seats' rewards have a spread
         "redteam": ["curriculum.0.options.think=false", "curriculum.0.options.attacker_tokens=6",
-                    "curriculum.0.options.defender_tokens=6", "curriculum.0.options.judge_tokens=2"]}
+                    "curriculum.0.options.defender_tokens=6", "curriculum.0.options.judge_tokens=2"],
+        "eva": ["curriculum.0.options.n=2", "curriculum.0.options.solver_tokens=6",
+                "curriculum.0.options.creator_tokens=6", "curriculum.0.options.judge_tokens=2"]}
 
 
 def test_the_examples_exist():
     assert {p.stem for p in EXAMPLES} >= {"kuhn_poker", "tictactoe", "negotiation", "multi_game", "azr_code",
-                                          "pasodoble_math", "spell", "redteam"}
+                                          "pasodoble_math", "spell", "redteam", "eva"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs_one_step_on_tiny_random(path, tmp_path):
     import rolekit_dualplay
+    import rolekit_eva
     import rolekit_games
     import rolekit_redteam
     import rolekit_spell
 
     config = load(path, ["model.name=tiny-random", "algorithm.steps=1", "rollout.samples_per_step=4",
                          "eval.every=0", "eval.at_start=false", "checkpoint.every=0", *TINY.get(path.stem, [])])
-    kernel = Kernel([rolekit_games, rolekit_dualplay, rolekit_spell, rolekit_redteam], load_entrypoints=False)
+    kernel = Kernel([rolekit_games, rolekit_dualplay, rolekit_spell, rolekit_redteam, rolekit_eva],
+                    load_entrypoints=False)
     trainer = Trainer(config, tmp_path, kernel=kernel, quiet=True)
     [metrics] = trainer.run()
     assert metrics["samples"] == 4
