@@ -50,6 +50,7 @@ class AskRequest:
     stop: str = ""  # generation ends at the first token containing this text
     choices: tuple[str, ...] = ()  # if given, the answer is one of these (after the prefix)
     rng: random.Random | None = attrs.field(default=None, eq=False, repr=False)
+    seed: int = 0  # this ask's sampling seed, from the episode's seed and the ask's number in it (ask_seed)
 
 
 @attrs.frozen
@@ -79,8 +80,10 @@ class Ask:
     """``await table.ask(...)``: suspends the episode until its answers arrive."""
 
     def __init__(self, table: "Table", role: str, prompt: Any, n: int, after: Turn | None, info: Any, sampling,
-                 parent: Turn | None = None, prefix: str = "", stop: str = "", choices: tuple[str, ...] = ()):
+                 parent: Turn | None = None, prefix: str = "", stop: str = "", choices: tuple[str, ...] = (),
+                 seed: int = 0):
         self.table, self.role, self.prompt, self.n, self.prefix, self.stop = table, role, prompt, n, prefix, stop
+        self.seed = seed
         self.choices = tuple(choices)
         self.after, self.info, self.sampling = after, info, sampling
         self.parent = parent if parent is not None else after
@@ -88,7 +91,8 @@ class Ask:
 
     def request(self) -> AskRequest:
         return AskRequest(self.table.game_name, self.role, self.prompt, self.n, self.sampling,
-                          self.info, self.after, self.prefix, self.stop, self.choices, self.table.responder_rng)
+                          self.info, self.after, self.prefix, self.stop, self.choices, self.table.responder_rng,
+                          self.seed)
 
     def responder_name(self) -> str:
         """Who answers it: the seat map's entry for its role."""
@@ -161,6 +165,7 @@ class Table:
         self._pools = pools
         self._actions: dict[int, str | None] = {}
         self._ids = turn_ids if turn_ids is not None else itertools.count()
+        self._asks = 0  # asks made so far: the next one's number, for its sampling seed
 
     # --- asking ---------------------------------------------------------------------
 
@@ -188,7 +193,9 @@ class Table:
         unknown = set(sampling) - set(SAMPLING_KEYS)
         if unknown:
             raise TypeError(f"unknown sampling option {sorted(unknown)[0]!r}; valid: {SAMPLING_KEYS}")
-        return Ask(self, role, prompt, n, after, info, sampling, parent, prefix, stop, choices)
+        self._asks += 1
+        return Ask(self, role, prompt, n, after, info, sampling, parent, prefix, stop, choices,
+                   ask_seed(self.seed, self._asks - 1))
 
     def gather(self, *asks: Ask) -> Gather:
         """Await several asks at once: ``a, b = await table.gather(table.ask(..), table.ask(..))``."""
@@ -331,18 +338,34 @@ class Table:
                        keys=dict(self.keys), entry=self.entry)
 
 
+def ask_seed(episode_seed: int, k: int) -> int:
+    """The sampling seed of the ``k``-th ask of the episode seeded ``episode_seed`` (63 bits,
+    splitmix64 of the pair): what a seeded responder samples that ask's answers from, so they
+    depend on the episode alone, not on the batch or the process that answers them."""
+    x = (episode_seed * 0x9E3779B97F4A7C15 + k + 1) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) >> 1
+
+
 # --- responders ---------------------------------------------------------------------------
 
 
 class ModelResponder:
-    """Answers asks with a language model through a backend, all asks of a round in one call."""
+    """Answers asks with a language model through a backend, all asks of a round in one call.
+
+    ``seeded``: sample each ask's answers from its own seed (``AskRequest.seed``: free text
+    through ``GenerationRequest.seed``, choices through a seeded generator) instead of the
+    global torch RNG, so an episode plays the same however asks are batched or spread over
+    processes (``rollout.seeded_sampling``; on by itself across Ray workers).
+    """
 
     def __init__(self, name: str, backend, chat, *, max_new_tokens: int = 64, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0):
+                 top_p: float = 1.0, top_k: int = 0, seeded: bool = False):
         from rolekit.types import GenerationRequest  # local: keeps table import light
 
         self._request = GenerationRequest
-        self.name, self.backend, self.chat = name, backend, chat
+        self.name, self.backend, self.chat, self.seeded = name, backend, chat, seeded
         self.defaults = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                          "top_k": top_k}
         # Opening prompts repeat (a Kuhn deal has 6, an empty TicTacToe board 2): their ids are
@@ -380,8 +403,9 @@ class ModelResponder:
             ids = self.prompt_ids(ask)
             params = {**self.defaults, **ask.sampling}
             stop_ids = self.chat.ids_containing(ask.stop) if ask.stop else frozenset()
-            for _ in range(ask.n):
-                requests.append(self._request(prompt_ids=ids, stop_ids=stop_ids, **params))
+            for j in range(ask.n):
+                seed = {"seed": (ask.seed + j) % 2**63} if self.seeded else {}  # answer j of the ask
+                requests.append(self._request(prompt_ids=ids, stop_ids=stop_ids, **params, **seed))
                 owners.append(i)
         generations = self.backend.generate(requests) if requests else []
         for owner, req, gen in zip(owners, requests, generations):
@@ -430,7 +454,8 @@ class ModelResponder:
                 picks = [int(torch.argmax(totals))] * ask.n
             else:
                 probs = truncated(log_choose.exp(), top_p=p["top_p"], top_k=p["top_k"])
-                picks = torch.multinomial(probs, ask.n, replacement=True).tolist()
+                generator = torch.Generator().manual_seed(ask.seed) if self.seeded else None
+                picks = torch.multinomial(probs, ask.n, replacement=True, generator=generator).tolist()
             choice_ids = tuple(pairs[k][1] for k in range(start, end))
             out.append([Answer(text=ask.prefix + ask.choices[j], prompt_ids=ids, completion_ids=pairs[start + j][1],
                                logprobs=scored[start + j], finish_reason="stop", temperature=temperature,

@@ -41,6 +41,9 @@ class GenerationRequest:
     top_p: float = 1.0
     top_k: int = 0
     stop_ids: frozenset[int] = attrs.field(default=frozenset(), converter=frozenset)  # extra tokens that end it
+    # sampling noise drawn from this seed instead of the global torch RNG, so the request's
+    # tokens do not depend on the batch it lands in or the worker that answers it (None: global RNG)
+    seed: int | None = None
 
     @prompt_ids.validator
     def _nonempty(self, attribute, value):

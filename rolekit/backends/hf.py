@@ -3,7 +3,9 @@
 Requests are grouped by sampling parameters, sorted by prompt length (so a batch
 wastes little padding), cut into batches, and generated with the KV cache. Sampling
 draws from the global torch RNG, so ``torch.manual_seed`` makes a run reproducible
-(for the same requests in the same order and batch limits).
+(for the same requests in the same order and batch limits). A request with a ``seed``
+samples from its own generator instead (:class:`SeededSampler`): its tokens then do not
+depend on the batch or the process it runs in (``rollout.seeded_sampling``; Ray workers).
 
 Logprobs: ``log_softmax(raw_logits / T)`` at the produced token, T = 1 for greedy.
 They are taken *before* top-p/top-k truncation, i.e. they are the logprobs of the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -327,6 +330,43 @@ def _score_group(model: Any, prompts: Sequence[tuple[int, ...]], items: Sequence
     return out
 
 
+class SeededSampler:
+    """A logits processor that samples every row of a batch from its own seed.
+
+    Row b's token t is the Gumbel-max draw argmax(logits / T + g), g ~ Gumbel(0, 1) from a
+    generator seeded with ``seeds[b]`` -- an exact sample of softmax(logits / T) after the
+    top-k and top-p cuts (those of transformers' TopK and TopP warpers, in that order). It
+    returns 0 at the drawn token and -inf elsewhere, so greedy ``generate`` takes it.
+
+    Why: ``generate``'s own sampling draws from the global torch RNG, so a request's tokens
+    depend on every other row of its batch. Here they depend only on its seed: the same
+    episode samples the same tokens alone, in any batch, or on another Ray worker
+    (``rolekit.distributed``). Gumbel-max over the full vocabulary also makes the draw
+    insensitive to the ~1e-6 float noise a different batch shape puts on the logits (an
+    inverse-CDF draw over 49k near-equal probabilities would flip on it).
+    """
+
+    def __init__(self, seeds: Sequence[int], *, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.double() / self.temperature  # (B, V)
+        if self.top_k > 0 and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        if self.top_p < 1.0:
+            ascending, order = torch.sort(logits, dim=-1)
+            cut = ascending.softmax(-1).cumsum(-1) <= 1 - self.top_p
+            cut[:, -1] = False  # the likeliest token always stays
+            logits = logits.masked_fill(torch.zeros_like(cut).scatter(1, order, cut), -math.inf)  # back to vocab order
+        uniform = torch.stack([torch.rand(logits.shape[-1], generator=g, dtype=torch.float64)
+                               for g in self.generators]).to(logits.device)  # (B, V)
+        chosen = torch.argmax(logits - torch.log(-torch.log(uniform)), dim=-1)  # (B,)
+        out = torch.full_like(scores, -math.inf)
+        return out.scatter_(1, chosen[:, None], 0.0)
+
+
 class HFBackend:
     """Generates with a transformers (or peft) causal LM on its own device.
 
@@ -367,7 +407,7 @@ class HFBackend:
         """Indices of ``requests``, grouped by sampling parameters, sorted by prompt
         length, and cut to the batch limits."""
         key = lambda i: (requests[i].temperature, requests[i].top_p, requests[i].top_k,  # noqa: E731
-                         tuple(sorted(requests[i].stop_ids)))
+                         tuple(sorted(requests[i].stop_ids)), requests[i].seed is not None)
         order = sorted(range(len(requests)), key=lambda i: (key(i), len(requests[i].prompt_ids)))
         batches: list[list[int]] = []
         for _, group in itertools.groupby(order, key=key):
@@ -428,10 +468,16 @@ class HFBackend:
         # (4.50-4.57 even replaced knobs passed at the library default, temperature 1.0 or
         # top_p 1.0: pyproject excludes them, and load_model neutralises generation configs.)
         sampling = {} if greedy else dict(temperature=temperature, top_p=float(first.top_p), top_k=int(first.top_k))
+        # Seeded requests sample in a logits processor, each row from its own generator; generate
+        # then only takes the argmax of what it leaves (see SeededSampler).
+        seeded = not greedy and first.seed is not None
+        processors = [SeededSampler([r.seed for r in batch], **sampling)] if seeded else None
+        if seeded:
+            sampling = {}
         config = GenerationConfig(
-            **_neutral_overrides(model, sampling=not greedy),
+            **_neutral_overrides(model, sampling=not greedy and not seeded),
             **sampling,
-            do_sample=not greedy,
+            do_sample=not greedy and not seeded,
             max_new_tokens=max_new_tokens,
             eos_token_id=sorted(self.chat.eos_ids | first.stop_ids),
             pad_token_id=self.chat.pad_id,
@@ -444,7 +490,8 @@ class HFBackend:
         try:
             with autocast(device, self.autocast_bf16):
                 out = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config,
+                    logits_processor=processors,
                 )
         finally:
             model.train(was_training)
