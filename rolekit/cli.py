@@ -136,13 +136,24 @@ def _all_quarantined(game: str, episodes) -> int:
 
 
 def cmd_train(args) -> int:
+    import attrs
+
     from rolekit import config as configuration
     from rolekit.engine import Trainer, TrainingAborted
 
     cfg = configuration.load(args.config, args.set)
+    if args.ray_address:
+        cfg = attrs.evolve(cfg, distributed=attrs.evolve(cfg.distributed, ray_address=args.ray_address))
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.out:
         out = Path(args.resume)
+    from rolekit.distributed.learner import DataParallel, follow
+
+    data_parallel = DataParallel.from_env(cfg.model.device)  # launched by torchrun: this rank; else None
+    if data_parallel is not None and data_parallel.rank > 0:  # only learns, on the batches rank 0 hands out
+        cfg = attrs.evolve(cfg, distributed=attrs.evolve(cfg.distributed, ray_address=None))
+        follow(Trainer(cfg, out, resume=Path(args.resume) if args.resume else None, kernel=_kernel(args), quiet=True))
+        return 0
     err.print(f"rolekit: training {', '.join(g.game for g in cfg.curriculum)} on {cfg.model.name}; run dir {out}")
     trainer = Trainer(cfg, out, resume=Path(args.resume) if args.resume else None, kernel=_kernel(args),
                       quiet=args.quiet or None, tensorboard=args.tensorboard)
@@ -155,6 +166,9 @@ def cmd_train(args) -> int:
         path = trainer.save()
         err.print(f"rolekit: interrupted; saved {path} (continue with --resume {out})")
         return 130
+    finally:
+        if data_parallel is not None:
+            data_parallel.stop()  # the other ranks return
     err.print(f"rolekit: done; metrics in {out / 'metrics.jsonl'}, checkpoints in {out / 'checkpoints'}")
     return 0
 
@@ -227,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="log lines only, no progress display")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files to RUN_DIR/tensorboard (the tensorboard extra)")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="generate on Ray rollout workers: 'auto' or HOST:PORT joins a running cluster, 'local' "
+                        "starts one (sets distributed.ray_address; the distributed extra)")
     p.set_defaults(func=cmd_train)
     from rolekit import evaluate, play, report  # noqa: E402 (subcommands defined in their own modules)
     evaluate.add_parser(sub), play.add_parser(sub), report.add_parser(sub)

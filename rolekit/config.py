@@ -58,6 +58,13 @@ class RolloutConfig:
     # sample keeps the budget it was generated under, the ``constant`` aggregation's denominator
     max_new_tokens: int = attrs.field(default=16, validator=_positive)
     max_sample_age: int = attrs.field(default=1, validator=_non_negative)  # samples carried to a later step: at most this many policies old (older ones are dropped, counted as stale)
+    # what generates: "hf" (transformers, CPU or CUDA) or "vllm" (extra rolekit[vllm]; the engine
+    # runs in this process and is fed the new adapter or weights after each update; README "Scaling up")
+    backend: str = attrs.field(default="hf", validator=attrs.validators.in_(("hf", "vllm")))
+    # each ask samples from its own seed (from the episode's seed), not the global torch RNG: an
+    # episode then plays the same however asks are batched or spread over Ray workers (which turn
+    # it on by themselves); off keeps the global-RNG runs of before
+    seeded_sampling: bool = False
 
 
 @attrs.frozen
@@ -125,6 +132,20 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class DistributedConfig:
+    """Rollouts across Ray workers (``rolekit.distributed``). The learner goes data-parallel by
+    being launched with torchrun, not by a key here."""
+
+    # None: generate in this process (no Ray); "local": start a Ray cluster here; "auto" or
+    # "HOST:PORT": join a running one (`ray start --head`); also `rolekit train --ray-address`
+    ray_address: str | None = None
+    rollout_workers: int = attrs.field(default=2, validator=_positive)  # Ray actors generating for the policy, each with its own model copy and backend
+    worker_cpus: float = attrs.field(default=1.0, validator=_positive)  # CPUs Ray reserves per worker (and the torch threads it runs)
+    worker_gpus: float = attrs.field(default=0.0, validator=_non_negative)  # GPUs per worker (a fraction shares one)
+    num_cpus: int | None = None  # ray_address = "local": CPUs the started cluster offers (None: all of them)
+
+
+@attrs.frozen
 class TrainConfig:
     curriculum: tuple[GameConfig, ...] = attrs.field(validator=lambda i, a, v: _nonempty(v))  # games + seat maps
     seed: int = 0
@@ -136,6 +157,7 @@ class TrainConfig:
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
 
 def _estimator_choice(value) -> None:
@@ -178,7 +200,7 @@ def _check_keys(cls, data: Any, path: str) -> None:
 
 
 _SECTIONS = (ModelConfig, LoraConfig, RolloutConfig, AlgorithmConfig, GameConfig, SnapshotConfig, EvalConfig,
-             CheckpointConfig, LoggingConfig, TrainConfig)
+             CheckpointConfig, LoggingConfig, DistributedConfig, TrainConfig)
 
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -141,7 +141,7 @@ class Policy:
     """The trained model (LoRA adapter or full weights), its backend, and its snapshots."""
 
     def __init__(self, config: TrainConfig):
-        from rolekit.backends.hf import HFBackend
+        from rolekit.backends import make_backend
         from rolekit.chat import ChatTokenizer
         from rolekit.models import load_model
 
@@ -163,7 +163,14 @@ class Policy:
         self.model = model
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.chat = ChatTokenizer(self.tokenizer)
-        self.backend = HFBackend(model, self.chat, max_batch_size=config.rollout.batch_size)
+        # rollout.backend: "hf" generates with this very module; "vllm" runs an engine in this
+        # process, fed the new adapter or weights by every sync (a LoRA slot per snapshot in use)
+        self.backend = make_backend(config.rollout.backend, model, self.chat, max_batch_size=config.rollout.batch_size,
+                                    adapters=config.snapshots.pool_size + 1, seed=config.seed)
+        if config.distributed.ray_address is not None:  # generation on Ray workers, each with a copy of the model
+            from rolekit.distributed.rollout import RayBackend
+
+            self.backend = RayBackend(config, model, self.params)
         self.pool: list[dict[str, torch.Tensor]] = []
         # Full fine-tuning with a KL term: the reference is the initial model, copied now,
         # before any checkpoint is loaded into the trained one (a lazy copy made after a
@@ -176,8 +183,9 @@ class Policy:
 
     def responder(self, name: str = POLICY) -> ModelResponder:
         r = self.config.rollout
+        seeded = r.seeded_sampling or self.config.distributed.ray_address is not None  # Ray: as in one process
         return ModelResponder(name, self.backend, self.chat, max_new_tokens=r.max_new_tokens,
-                              temperature=r.temperature, top_p=r.top_p)
+                              temperature=r.temperature, top_p=r.top_p, seeded=seeded)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone().cpu() for n, p in self.params.items()}
@@ -187,10 +195,12 @@ class Policy:
         """Temporarily play with other trainable weights (a snapshot), then restore."""
         saved = self.weights()
         self._load(weights)
+        self.backend.sync()  # a backend holding its own copy (Ray workers) must see the swap
         try:
             yield
         finally:
             self._load(saved)
+            self.backend.sync()
 
     def _load(self, weights: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -227,6 +237,7 @@ class Policy:
             if unexpected or any("lm_head" not in k for k in missing):
                 raise ValueError(f"checkpoint {path} does not match the model ({missing[:3]} missing)")
             self.model.tie_weights()
+        self.backend.sync()  # a backend holding its own copy of the weights (vLLM) must see them
 
 
 class SnapshotResponder(ModelResponder):
@@ -234,7 +245,7 @@ class SnapshotResponder(ModelResponder):
 
     def __init__(self, name: str, policy: Policy, index: int):
         base = policy.responder(name)
-        super().__init__(name, base.backend, base.chat, **base.defaults)
+        super().__init__(name, base.backend, base.chat, **base.defaults, seeded=base.seeded)
         self.policy, self.index = policy, index
 
     def respond(self, asks):
@@ -272,8 +283,12 @@ class Trainer:
                         raise ValueError(f"curriculum game {entry.game!r}: estimator {name!r} options {options}: "
                                          f"{exc}") from None
                 self.route[(i, role)] = label
+        from rolekit.distributed.learner import DataParallel  # torch.distributed only; no Ray
+
+        self.data_parallel = DataParallel.from_env(self.policy.device)  # None unless launched by torchrun
         self.learner = Learner(self.policy.model, list(self.policy.params.values()), alg,
-                               device=self.policy.device, reference=self.policy.reference)
+                               device=self.policy.device, reference=self.policy.reference,
+                               data_parallel=self.data_parallel)
         self.scripted = {}
         for game, entry in zip(self.curriculum.games, config.curriculum):
             seats = {r: w for r, w in entry.seats.items() if w.startswith(SCRIPTED)}

@@ -221,10 +221,13 @@ class Learner:
 
     ``autocast_bf16``: forward passes under bf16 autocast (None: on CUDA; see
     ``backends.hf.autocast``). Old logprobs are recomputed per ``recompute_old_logprobs``.
+    ``data_parallel``: a ``rolekit.distributed.learner.DataParallel`` (torchrun): each rank
+    trains its shard of the batch and the gradients are summed across ranks before the
+    clip and the step, so every rank takes the step one process would take on the batch.
     """
 
     def __init__(self, model: Any, params: list[torch.nn.Parameter], cfg, *, device, reference=None,
-                 autocast_bf16: bool | None = None):
+                 autocast_bf16: bool | None = None, data_parallel=None):
         self.model, self.cfg, self.device = model, cfg, device
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -233,6 +236,9 @@ class Learner:
         self.reference = reference
         self.autocast_bf16 = autocast_bf16
         self.recompute = recompute_old_logprobs(cfg.recompute_logprobs, device)
+        self.data_parallel = data_parallel
+        if data_parallel is not None:
+            data_parallel.broadcast_parameters(params)  # every rank starts from rank 0's weights
 
     def _forward(self, model: Any, batch: Sequence[Sample], **kw):
         """``policy_logprobs`` of ``batch`` under the learner's autocast (the backward pass
@@ -248,12 +254,15 @@ class Learner:
         Non-finite losses skip the update (metrics carry ``nonfinite=True``).
         """
         cfg = self.cfg
+        n_seq = len(samples)  # the whole batch's denominators (token_weights), on every rank
+        n_tok = sum(trained_positions(s) for s in samples)
+        dp = self.data_parallel
+        if dp is not None:  # rank 0 hands the batch to the others; each trains its own shard of it
+            samples = dp.shard(dp.publish(samples, max_new_tokens))
         shared_buckets = micro_batches(samples, cfg.micro_batch_tokens, shared=True)
         shared_cost = sum(bucket_cost([samples[i] for i in b])[0] for b in shared_buckets)
-        share = share_prompts(self.device, bucket_cost(samples, shared=False)[0], shared_cost)
+        share = share_prompts(self.device, bucket_cost(samples, shared=False)[0] if samples else 0, shared_cost)
         buckets = shared_buckets if share else micro_batches(samples, cfg.micro_batch_tokens, shared=False)
-        n_seq = len(samples)
-        n_tok = sum(trained_positions(s) for s in samples)
         costs = [bucket_cost([samples[i] for i in b], share) for b in buckets]
         computed, padded = sum(c[0] for c in costs), sum(c[1] for c in costs)
         real = sum(s.num_tokens for s in samples)
@@ -300,6 +309,8 @@ class Learner:
                 if epoch == 0:
                     self._accumulate(per_key, batch, mask, loss_tok, weights, clipped, logp, old_lp, kl_tok,
                                      entropy.detach() if entropy is not None else None)
+            if dp is not None:  # sum the ranks' gradients (and losses); skip the step if any rank saw a nan
+                nonfinite, epoch_loss = dp.all_reduce_gradients(self.params, nonfinite, epoch_loss)
             if nonfinite:
                 self.optimizer.zero_grad(set_to_none=True)
                 break
@@ -312,6 +323,8 @@ class Learner:
             totals["loss"] += epoch_loss / cfg.ppo_epochs
             totals["grad_norm"] = grad_norm
         self.model.eval()
+        if dp is not None:  # the figures of the whole batch, not of this rank's shard
+            per_key, (real, computed, padded) = dp.sum_metrics(per_key, (real, computed, padded))
         metrics: dict[str, Any] = {
             "loss": totals["loss"], "grad_norm": totals["grad_norm"], "nonfinite": nonfinite,
             "micro_batches": len(buckets), "padding_fraction": 1.0 - computed / padded if padded else 0.0,

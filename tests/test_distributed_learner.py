@@ -1,0 +1,196 @@
+"""The data-parallel learner: 2 real gloo processes launched by torchrun take the step one
+process takes on the same batch; ``rolekit train`` under torchrun trains as a plain run does."""
+
+import json
+import os
+import pickle
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import attrs
+import peft
+import pytest
+import torch
+
+from rolekit.config import AlgorithmConfig
+from rolekit.learner import Learner
+from rolekit.models import TINY, load_model
+from rolekit.types import Sample
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+# (name, learner options, LoRA?): one micro-batch per sample (every sample's forward pass is
+# then the same computation in one process and in two), and the default micro-batches.
+SETUPS = [
+    ("lora", dict(lr=1e-3, ppo_epochs=2, micro_batch_tokens=1), True),
+    ("full", dict(lr=1e-3, micro_batch_tokens=1, entropy_coef=0.1), False),
+    ("lora-buckets", dict(lr=1e-3), True),
+]
+
+WORKER = textwrap.dedent("""
+    import pickle, sys, torch
+    from rolekit.distributed.learner import DataParallel
+    sys.path.insert(0, sys.argv[1])
+    from test_distributed_learner import SETUPS, build
+
+    data = pickle.load(open(sys.argv[2], "rb"))
+    dp = DataParallel.from_env()
+    out = {}
+    for name, options, lora in SETUPS:
+        learner = build(options, lora, seed=1 + dp.rank, data_parallel=dp)  # a different init per rank
+        if dp.rank == 0:
+            learner.step(data, 8)
+            dp.stop()
+        else:
+            while (message := dp.receive()) is not None:
+                learner.step(*message)
+        out[name] = {"weights": [p.detach().clone() for p in learner.params],
+                     "grads": [p.grad.clone() for p in learner.params], "shard": len(dp.shard(data))}
+    torch.save(out, f"{sys.argv[3]}/rank{dp.rank}.pt")
+""")
+
+
+def build(options, lora, seed, data_parallel=None):
+    """A learner on tiny-random (LoRA r=4 with a random B, or full fine-tuning)."""
+    model = load_model(TINY, finetune="lora" if lora else "full").model
+    torch.manual_seed(seed)
+    if lora:
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                           target_modules=["q_proj", "v_proj", "up_proj"]))
+    else:
+        model.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return Learner(model, params, AlgorithmConfig(**options), device="cpu", data_parallel=data_parallel)
+
+
+def batch(n=11):
+    """Free-text samples over 4 prompts and two constrained choices, advantages of both signs."""
+    rng = random.Random(0)
+    prompts = [tuple(rng.randrange(5, 500) for _ in range(k)) for k in (9, 14, 5, 20)]
+    out = []
+    for i in range(n):
+        c = tuple(rng.randrange(5, 500) for _ in range(rng.choice([1, 3, 6])))
+        out.append(Sample(game="g", role="ab"[i % 2], prompt_ids=prompts[i % 4], completion_ids=c,
+                          logprobs=tuple(rng.uniform(-9, -5) for _ in c), advantage=rng.uniform(-1, 1),
+                          temperature=0.9, max_new_tokens=8))
+    answers = ((21, 22), (31,), (41, 42, 43))
+    for k in range(2):
+        out.append(Sample(game="g", role="b", prompt_ids=prompts[k], completion_ids=answers[k], logprobs=(-1.2,),
+                          advantage=(-1) ** k, choice_ids=answers))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """What each of 2 torchrun ranks holds after its learner steps (one launch for every setup)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    (tmp / "worker.py").write_text(WORKER)
+    data = tmp / "batch.pkl"
+    data.write_bytes(pickle.dumps(batch()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([*TORCHRUN, str(tmp / "worker.py"), str(Path(__file__).parent), str(data), str(tmp)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.parametrize("setup", SETUPS, ids=[s[0] for s in SETUPS])
+def test_two_gloo_ranks_take_the_step_one_process_takes(two_ranks, setup):
+    name, options, lora = setup
+    alone = build(options, lora, seed=1)
+    initial = [p.detach().clone() for p in alone.params]
+    alone.step(batch(), 8)
+    rank0, rank1 = two_ranks[0][name], two_ranks[1][name]
+    assert rank0["shard"] > 0 and rank1["shard"] > 0 and rank0["shard"] + rank1["shard"] == len(batch())
+    for a, b in zip(rank0["weights"], rank1["weights"]):  # one reduced gradient, one AdamW step: bitwise equal
+        assert torch.equal(a, b)
+    for p, g in zip(alone.params, rank0["grads"]):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-8)  # the summed shards' gradient is the batch's
+    # AdamW moves a weight by lr * g / (|g| + 1e-8): the ~1e-9 rounding of a sum taken in another
+    # order moves a weight whose gradient is ~1e-10 by up to ~0.1 lr; all the others agree
+    diff = torch.cat([(w - p.detach()).abs().flatten() for p, w in zip(alone.params, rank0["weights"])])
+    assert diff.max().item() < 0.1 * options["lr"]
+    assert (diff > 1e-6).float().mean().item() < 1e-4
+    moved = max((p.detach() - before).abs().max().item() for p, before in zip(alone.params, initial))
+    assert moved > 1e-4
+
+
+def test_one_shard_alone_is_not_the_batch():
+    """The comparison above has teeth: rank 0's shard without the other's gradient steps elsewhere."""
+    from rolekit.distributed.learner import DataParallel
+
+    data = batch()
+    full = build(SETUPS[0][1], True, seed=1)
+    full.step(data, 8)
+    half = build(SETUPS[0][1], True, seed=1)
+    shard = DataParallel(0, 2).shard(data)
+    assert 0 < len(shard) < len(data)
+    half.step(shard, 8)
+    assert max((a - b).abs().max().item() for a, b in zip(full.params, half.params)) > 1e-4
+
+
+TRAIN = """
+seed = 0
+[model]
+name = "tiny-random"
+[lora]
+r = 4
+alpha = 8
+[rollout]
+samples_per_step = 12
+max_new_tokens = 4
+concurrency = 8
+seeded_sampling = true
+[algorithm]
+steps = 2
+lr = 5e-3
+recompute_logprobs = true
+micro_batch_tokens = 1
+[eval]
+every = 0
+[checkpoint]
+every = 1
+[[curriculum]]
+game = "echo"
+options = { letters = "AB" }
+[[curriculum]]
+game = "nim"
+"""
+
+
+@pytest.mark.slow
+def test_rolekit_train_under_torchrun_matches_a_plain_run(tmp_path):
+    """The documented launch: rank 0 plays, both ranks learn, checkpoints and metrics written once."""
+    config = tmp_path / "run.toml"
+    config.write_text(TRAIN)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = ["-m", "rolekit.cli", "train", str(config), "--quiet", "--out"]
+    plain = subprocess.run([sys.executable, *cli, str(tmp_path / "plain")], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    ranks = subprocess.run([*TORCHRUN, *cli, str(tmp_path / "ddp")], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+
+    def metrics(run):
+        return [m for m in map(json.loads, (tmp_path / run / "metrics.jsonl").open())]
+
+    plain_metrics, ddp_metrics = metrics("plain"), metrics("ddp")
+    for a, b in zip(plain_metrics, ddp_metrics, strict=True):  # the same episodes, the same batch, ...
+        for key in ("step", "episodes", "samples", "tokens", "trained_tokens"):
+            assert a[key] == b[key], key
+        assert {k: r.get("mean_return") for k, r in a["roles"].items()} == \
+            {k: r.get("mean_return") for k, r in b["roles"].items()}
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)  # ... the loss summed over both ranks' shards
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "plain" / "checkpoints" / "step-2" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "ddp" / "checkpoints" / "step-2" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-4), key
