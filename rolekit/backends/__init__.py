@@ -1,7 +1,9 @@
 """Generation backends: turn batches of token-id requests into completions with logprobs.
 
 A backend is anything with this shape; the engine never needs more. ``hf`` (the
-default, CPU and CUDA) lives in :mod:`rolekit.backends.hf`.
+default, CPU and CUDA) lives in :mod:`rolekit.backends.hf`; ``vllm`` (extra
+``rolekit[vllm]``) in :mod:`rolekit.backends.vllm`. ``rollout.backend`` picks one
+(:func:`make_backend`).
 """
 
 from __future__ import annotations
@@ -33,4 +35,32 @@ class Backend(Protocol):
         ...
 
 
-__all__ = ["Backend"]
+BACKENDS = ("hf", "vllm")
+
+
+def make_backend(name: str, model: Any, tokenizer: Any, *, max_batch_size: int = 32, adapters: int = 4,
+                 seed: int = 0) -> Backend:
+    """The backend ``name`` generating from ``model`` (the learner's, trained in this process).
+
+    ``adapters``: LoRA slots a vLLM engine keeps (the policy and the snapshot opponents in
+    use); ``seed``: the vLLM engine's seed. The HF backend needs neither.
+    """
+    if name == "hf":
+        from rolekit.backends.hf import HFBackend
+
+        return HFBackend(model, tokenizer, max_batch_size=max_batch_size)
+    if name == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError("rollout.backend = \"vllm\" needs vLLM: pip install 'rolekit[vllm]' (the CPU build; "
+                              "make setup-vllm builds .venv-vllm with it)")
+        from rolekit.backends.vllm import VLLMBackend
+
+        device = next(model.parameters()).device
+        return VLLMBackend(model, tokenizer, max_batch_size=max_batch_size, adapters=adapters, device=device,
+                           seed=seed)
+    raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "Backend", "make_backend"]
