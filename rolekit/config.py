@@ -32,6 +32,13 @@ def _non_negative(instance, attribute, value):
         raise ValueError(f"{attribute.name} must be >= 0, got {value}")
 
 
+def _backend(name) -> None:
+    if name not in ("hf", "vllm"):
+        close = difflib.get_close_matches(str(name), ["hf", "vllm"], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"backend must be 'hf' or 'vllm', got {name!r}{hint}")
+
+
 @attrs.frozen
 class ModelConfig:
     name: str = "smollm2-135m-instruct"  # embedded default, "tiny-random", or a model directory
@@ -60,7 +67,7 @@ class RolloutConfig:
     max_sample_age: int = attrs.field(default=1, validator=_non_negative)  # samples carried to a later step: at most this many policies old (older ones are dropped, counted as stale)
     # what generates: "hf" (transformers, CPU or CUDA) or "vllm" (extra rolekit[vllm]; the engine
     # runs in this process and is fed the new adapter or weights after each update; README "Scaling up")
-    backend: str = attrs.field(default="hf", validator=attrs.validators.in_(("hf", "vllm")))
+    backend: str = attrs.field(default="hf", validator=lambda i, a, v: _backend(v))
     # each ask samples from its own seed (from the episode's seed), not the global torch RNG: an
     # episode then plays the same however asks are batched or spread over Ray workers (which turn
     # it on by themselves); off keeps the global-RNG runs of before
