@@ -132,12 +132,21 @@ def solve_lead(task: str, item: dict, style: str) -> str:
 
 
 def read_value(text: str, style: str) -> tuple[bool, Any]:
-    """A deduction answer's value: after ``=`` on the first line (terse), or the last line."""
+    """A deduction answer's value. Terse: what the first line's chain of equalities ends
+    with -- the first literal that follows an " = " and runs to the end of the line, so
+    ``f(4, 6) = 4 + 6 * 5 = 34`` reads 34 (a small model often works the sum out on the
+    line) and ``f(s) = 'a = b'`` reads ``'a = b'``. Reasoning: the last line."""
     lines = [line for line in text.strip().split("\n") if line.strip()]
     if not lines:
         return False, None
-    line = lines[0] if style == "terse" else lines[-1]
-    return literal(line.split(" = ", 1)[-1] if style == "terse" else line)
+    if style != "terse":
+        return literal(lines[-1])
+    parts = lines[0].split(" = ")
+    for i in range(1, len(parts)):
+        found = literal(" = ".join(parts[i:]))
+        if found[0]:
+            return found
+    return False, None
 
 
 def read_program(text: str) -> str | None:

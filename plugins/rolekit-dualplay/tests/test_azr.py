@@ -11,8 +11,8 @@ from rolekit.pools import Pools
 from rolekit.table import POLICY, EpisodeSpec, ModelResponder, Scheduler
 from rolekit.testing import CharChat, ScriptedBackend
 from rolekit_dualplay import heldout
-from rolekit_dualplay.azr import (INPUT_ASK, LIBRARY, SEED, AzrCode, library, proposer_reward, score_solutions,
-                                  solver_reward, validate_inputs, validate_program)
+from rolekit_dualplay.azr import (INPUT_ASK, LIBRARY, SEED, AzrCode, library, proposer_reward, read_value,
+                                  score_solutions, solver_reward, validate_inputs, validate_program)
 from rolekit_dualplay.programs import call_args, check_program, split_proposal
 
 # --- parsing and checking (host side: nothing runs) ---------------------------------------------
@@ -95,6 +95,11 @@ def test_solutions_are_scored_per_task_type():
     item = {"program": "def f(a):\n    return a * 2 + 1", "input": "3", "output": "7"}
     assert score_solutions("deduction", item, ["f(3) = 7", "f(3) = 8", "f(3) = seven"], "terse") == \
         [(1.0, ""), (0.0, ""), (0.0, "not a value")]
+    # the value a chain of equalities ends with; a string value may itself hold " = "
+    assert score_solutions("deduction", item, ["f(3) = 3 * 2 + 1 = 7", "f(3) = 3 * 2 = 6 + 1", "f(3) = 7 = 8"],
+                           "terse") == [(1.0, ""), (0.0, "not a value"), (0.0, "")]
+    assert read_value("f('a') = 'x = y'", "terse") == (True, "x = y")
+    assert read_value("f(3) = \n7", "terse") == (False, None)
     assert score_solutions("abduction", item, ["f(3)", "f(4) == 9", "f(x)"], "terse") == \
         [(1.0, ""), (0.0, ""), (0.0, "no input")]
     induction = {"program": "", "inputs": ["1"], "outputs": ["3"], "hidden_inputs": ["2", "5"],
