@@ -61,7 +61,11 @@ def rolekit_register_verifiers(registry):
 
     Called once at load. Games call them through ``table.verify(name, ...)``. A verifier
     must not raise on malformed answers: it returns ``Verdict(score=0, ok=False)``.
-    Return value ignored.
+    Every verifier ``fn(response, prompt=...)`` is also a rule judge for
+    ``await table.judge(name, items)``. A model judge is registered as a factory:
+    ``registry.add("judge", factory, judge=True)`` with ``factory(argument, context) ->
+    judge`` (``judge.respond(requests) -> list[list[Verdict]]``), asked as
+    ``"judge:ARGUMENT"``; see ``rolekit.verifiers.judges``. Return value ignored.
     """
 
 
