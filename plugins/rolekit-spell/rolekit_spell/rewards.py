@@ -209,6 +209,23 @@ def rule_score(task: str, answer: str | None, gold: str) -> float:
     return sub_em(answer, gold)
 
 
+def in_text(task: str, gold: str, text: str) -> bool:
+    """Whether a questioner's gold answer occurs in ``text`` (what it was shown): qa, its
+    normalised form as a substring of the normalised text; math, a number of the text equal
+    to it ("5,335" is 5335; exactly: the rule check's 0.15 % would let 1962 stand for a
+    year 1961); mc answers are letters, always True. The
+    ``answer_in_text`` option's check: at 135M most answers that are not in the text are
+    made up, and a made-up label gives the responders nothing right to learn from."""
+    if task == "mc":
+        return True
+    if task == "math":
+        g = to_number(gold)
+        numbers = _NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", text))
+        return g is not None and any(float(n) == g for n in numbers if len(n) <= 40)
+    g = normalize_answer(gold)
+    return bool(g) and g in normalize_answer(text)
+
+
 # --- the verifier -------------------------------------------------------------------------------------
 
 

@@ -54,7 +54,7 @@ from rolekit import Game, Role
 from rolekit_spell import prompts as templates
 from rolekit_spell.documents import MAX_PARAGRAPHS, Document, held_out, load_corpus, synthetic
 from rolekit_spell.rewards import (LETTERS, TASKS, UNPARSABLE, check_record, extract_answer, groups_to_keep,
-                                   majority, parse_record, parse_vote, questioner_reward, render_mc,
+                                   in_text, majority, parse_record, parse_vote, questioner_reward, render_mc,
                                    responder_reward, rule_score, verifier_filter, vote_rewards)
 
 HISTORY = "history"  # the task pool of the history memory: data[f"{task}/{document id}"] -> entries
@@ -86,7 +86,7 @@ class Spell(Game):
                  history_size: int = 3, grounding: bool = True, mapping: str = "gaussian",
                  verifier_share: float = 0.125, held_out: int = 64, seed: int = 0,
                  questioner_tokens: int | None = None, responder_tokens: int | None = None,
-                 verifier_tokens: int | None = None):
+                 verifier_tokens: int | None = None, answer_in_text: bool = False):
         """``responders`` (G), ``verifiers`` (J; 0: no self-verification, rule rewards
         only). ``tasks``: the task types drawn from (default: qa and math with terse
         prompts, all three with the paper's). ``prompts``: "terse" or "paper". ``corpus``:
@@ -98,7 +98,10 @@ class Spell(Game):
         paper's ablations reverse and rzero). ``verifier_share``: verifier votes trained
         per trained responder answer (SPELL's update_ratio). ``held_out``: documents in
         the evaluation. ``*_tokens``: generation budgets (terse 48/12/4, paper
-        1024/512/256)."""
+        1024/512/256). ``answer_in_text``: a qa/math record whose answer does not occur in
+        the paragraphs the questioner was shown is a bad case (invalid, ``format_penalty``)
+        and no responder is asked -- not SPELL's rule (off by default); for small models,
+        whose off-text answers are mostly made up."""
         if prompts not in templates.STYLES:
             raise _error("prompts", prompts, f"valid: {', '.join(templates.STYLES)}")
         tasks = tuple(tasks) if tasks is not None else (("qa", "math") if prompts == "terse" else TASKS)
@@ -118,6 +121,7 @@ class Spell(Game):
         self.responders, self.verifiers, self.tasks, self.style = responders, verifiers, tasks, prompts
         self.cluster, self.history_size, self.grounding, self.mapping = cluster, history_size, grounding, mapping
         self.verifier_share, self.held_out, self.paragraphs = verifier_share, held_out, paragraphs
+        self.answer_in_text = answer_in_text
         try:
             self.documents = load_corpus(corpus) if corpus else synthetic(documents, paragraphs, seed)
         except ValueError as exc:
@@ -171,7 +175,8 @@ class Spell(Game):
         key = f"{task}/{document.id}"
         history = list(memory.data.get(key, []))
         evidence = self.evidence(document, history, rng)
-        prompt, lead = templates.questioner(self.style, task, document.text(evidence), history, letter,
+        context = document.text(evidence)
+        prompt, lead = templates.questioner(self.style, task, context, history, letter,
                                           rng.choice(templates.LEADS[task]))
         [q] = await table.ask("questioner", prompt, prefix=lead, **self._questioner_options(task))
         table.set_key(q, task)
@@ -190,6 +195,13 @@ class Spell(Game):
             table.drop(q, gold)
             return
         table.set_info(question=question, gold=gold, **({"options": options} if options else {}))
+        if self.answer_in_text:
+            found = in_text(task, gold, context)
+            table.log("questioner/answer_in_text", float(found))
+            if not found:
+                table.invalid(q, "answer not in the text")
+                table.reward(q, self.format_penalty)
+                return
 
         if self.grounding and await self._grounded(table, q, task, question, options, gold):
             table.invalid(q, "answerable without the document")

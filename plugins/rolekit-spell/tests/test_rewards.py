@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from rolekit_spell.rewards import (agreement, check_record, extract_answer, groups_to_keep, majority, mc_letter,
+from rolekit_spell.rewards import (agreement, check_record, extract_answer, groups_to_keep, in_text, majority,
+                                   mc_letter,
                                    parse_record, parse_vote, questioner_reward, responder_reward, rule_score,
                                    same_number, sub_em, to_number, verifier_filter, vote_rewards)
 
@@ -153,3 +154,12 @@ def test_verifier_groups_kept_per_episode():
     assert groups_to_keep(1.0, 8, 4, draw=0.99) == 2 and groups_to_keep(1.0, 6, 4, draw=0.4) == 2  # 1.5
     assert groups_to_keep(1.0, 6, 4, draw=0.6) == 1
     assert groups_to_keep(0.125, 0, 4, draw=0.0) == 0  # no responder trained: no verifier either
+
+
+def test_an_answer_in_the_text_is_found_by_the_rule_checks_normalisation():
+    text = "Noor Kask was born in Valmere in 1961.\n| 2018 | 5,335 | 621 |"
+    assert in_text("qa", "Valmere", text) and in_text("qa", "the valmere.", text)
+    assert not in_text("qa", "Selford", text) and not in_text("qa", "...", text)
+    assert in_text("math", "1961", text) and in_text("math", "5335", text) and in_text("math", "5,335", text)
+    assert not in_text("math", "1962", text) and not in_text("math", "many", text)
+    assert in_text("mc", "B", "")  # a letter: nothing to look for

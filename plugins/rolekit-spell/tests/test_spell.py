@@ -139,6 +139,19 @@ def test_malformed_records_are_bad_cases_and_unusable_values_are_dropped():
     assert list(e.invalid.values()) == ["no \"answer\" string"]
 
 
+def test_with_answer_in_text_an_answer_the_questioner_was_not_shown_is_a_bad_case():
+    game = Spell(tasks=["math"], responders=2, verifiers=0, documents=1, answer_in_text=True, **BIG)
+    [e] = run(game, scripted(question=' boats?", "answer": "987654"}'))  # no such number in the text
+    [q] = roles(e, "questioner")
+    assert e.invalid == {q.id: "answer not in the text"} and e.rewards == {q.id: -1.0}
+    assert len(e.turns) == 1 and e.logs["questioner/answer_in_text"] == 0.0
+    shown = q.prompt.split("Text:\n")[1]  # the paragraphs the questioner saw (CharChat shows prompts whole)
+    number = next(w for w in shown.replace(",", "").split() if w.isdigit() and w != "0")
+    [e] = run(game, scripted(question=f' boats?", "answer": "{number}"}}', grounding="no"))
+    assert "answer not in the text" not in e.invalid.values() and len(roles(e, "responder")) == 3
+    assert e.logs["questioner/answer_in_text"] == 1.0
+
+
 def test_a_question_answerable_without_the_document_earns_minus_half():
     [e] = run(Spell(tasks=["math"], **BIG), scripted(grounding="12"))
     [q] = roles(e, "questioner")
