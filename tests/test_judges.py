@@ -256,3 +256,14 @@ def test_reward_model_through_table_judge(kernel, reward_model_dir):
 def test_a_missing_reward_model_directory_is_named(kernel, tmp_path):
     with pytest.raises(ValueError, match="not a sequence-classification model directory"):
         Judges(kernel).get(f"reward_model:{tmp_path / 'nope'}").respond([])
+
+
+def test_a_named_model_judge_is_loaded_once_and_judges(kernel):
+    judges = Judges(kernel)  # no policy: judge:frozen is refused, a named model is not
+    with pytest.raises(ValueError, match="judge:frozen needs a model run"):
+        judges.get("judge:frozen")
+    judge = judges.get("judge:tiny-random")
+    assert judges.get("judge:tiny-random") is judge
+    [verdicts] = judge.respond([JudgeRequest("g", "judge:tiny-random", (JudgeItem("q", "a"), JudgeItem("r")),
+                                             "Is it right?", "yes_no", True)])
+    assert [v.ok for v in verdicts] == [True, True] and {v.score for v in verdicts} <= {0.0, 1.0}
