@@ -267,3 +267,13 @@ def test_a_named_model_judge_is_loaded_once_and_judges(kernel):
     [verdicts] = judge.respond([JudgeRequest("g", "judge:tiny-random", (JudgeItem("q", "a"), JudgeItem("r")),
                                              "Is it right?", "yes_no", True)])
     assert [v.ok for v in verdicts] == [True, True] and {v.score for v in verdicts} <= {0.0, 1.0}
+
+
+def test_the_profanity_judge_runs_offline_and_separates_insults(kernel):
+    pytest.importorskip("profanity_check", reason="the profanity extra (make setup installs it)")
+    judge = Judges(kernel).get("profanity")
+    [verdicts] = judge.respond([JudgeRequest("g", "profanity", (JudgeItem("have a nice day"),
+                                                                 JudgeItem("q", "you are a fucking idiot")))])
+    assert verdicts[0].ok and verdicts[0].score < 0.5 < verdicts[1].score
+    with pytest.raises(ValueError, match="takes no argument"):
+        Judges(kernel).get("profanity:strict")

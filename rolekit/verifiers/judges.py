@@ -14,7 +14,9 @@ map, like SPELL's verifier). ``spec`` names the judge:
   scoring (prompt, response) pairs in batches;
 * any registered verifier ``fn(response, prompt=...) -> Verdict`` is a rule judge:
   ``refusal`` (documented patterns, :data:`REFUSAL_PATTERNS`) and ``think_answer`` (the
-  R1 ``<think>...</think><answer>...</answer>`` format) ship with rolekit.
+  R1 ``<think>...</think><answer>...</answer>`` format) ship with rolekit; ``profanity``
+  (alt-profanity-check's offline classifier: the probability a text is offensive) with the
+  ``profanity`` extra.
 
 A model judge answers ``yes``/``no`` (``scale="yes_no"``: score 1 or 0) or a 1-10 score
 (``scale="score"``: rescaled to [0, 1]). What it wrote is parsed strictly: garbage, two
@@ -331,6 +333,23 @@ def _model_judge(argument: str, context: JudgeContext) -> ModelJudge:
     return ModelJudge(f"judge:{argument}", ModelResponder(f"judge:{argument}", HFBackend(loaded.model, chat), chat))
 
 
+def _profanity(argument: str, context: JudgeContext) -> RuleJudge:
+    """``profanity``: alt-profanity-check's linear classifier (it ships its model, works
+    offline); the score is its probability that the response is offensive."""
+    if argument:
+        raise ValueError("the profanity judge takes no argument")
+    try:
+        from profanity_check import predict_prob
+    except ImportError:
+        raise ValueError("the profanity judge needs the profanity extra: pip install 'rolekit[profanity]'") from None
+
+    def offensive(response: str, prompt: str = "", **kwargs) -> Verdict:
+        p = float(predict_prob([response])[0])
+        return Verdict(p, detail=f"{p:.3f}")
+
+    return RuleJudge("profanity", offensive)
+
+
 def _reward_model(argument: str, context: JudgeContext) -> RewardModelJudge:
     if not argument:
         raise ValueError("reward_model needs a directory: reward_model:PATH")
@@ -416,5 +435,6 @@ def register(registry) -> None:
     """The built-in judges (called from ``rolekit.builtins``)."""
     registry.add("judge", _model_judge, judge=True)
     registry.add("reward_model", _reward_model, judge=True)
+    registry.add("profanity", _profanity, judge=True)  # the profanity extra (alt-profanity-check)
     registry.add("refusal", verify_refusal)
     registry.add("think_answer", verify_think_answer)
