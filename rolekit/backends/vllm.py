@@ -34,7 +34,9 @@ copies its current weights into the engine.
   base as a judge) generation uses no adapter.
 - Full fine-tuning: ``model_runner.reload_weights(weights_iterator=...,
   is_checkpoint_format=True)`` through ``collective_rpc`` (the CPU build repacks weights,
-  so plain ``load_weights`` fails there). Every sync reloads every weight.
+  so plain ``load_weights`` fails there). Every sync reloads every weight (vLLM then warns
+  "RotaryEmbedding: Failed to load weights": its cos/sin cache is in no checkpoint and is
+  kept as it was, which is right).
 - Every sync ends with ``reset_prefix_cache()``: cached KV blocks belong to the old weights.
 
 The engine starts from a copy of the model's *base* weights written to a temporary
