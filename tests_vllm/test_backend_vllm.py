@@ -21,7 +21,8 @@ from rolekit.table import AskRequest, ModelResponder
 from rolekit.types import GenerationRequest, Sample
 
 # Logprobs of the same fp32 model through vLLM's kernels and transformers' differ by float
-# noise only (measured: < 3e-5 per token); the tests allow 1e-3.
+# noise only: ~1e-5 per token on these weights; adapters far larger than training makes
+# (every LoRA weight ~N(0, 0.5^2)) reached 1.6e-3. The tests allow 1e-3.
 TOL = 1e-3
 KV = 64 << 20  # KV cache bytes per engine: 256k tokens of this model
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
