@@ -211,7 +211,8 @@ class Table:
         ``JudgeItem``s. A model judge is asked ``rubric`` about each item and answers on
         ``scale`` ("yes_no": 1/0, "score": 1-10 rescaled to [0, 1]); what it cannot parse
         is a verdict with ``ok=False`` and a nan score (never a silent 0).
-        ``constrained``: the model picks a label by its likelihood (always a verdict).
+        ``constrained``: a model judge's verdict is the expectation over the labels under its
+        own likelihoods (P(yes); the expected score): always a verdict.
         Judges are batched across episodes and counted in the step's metrics (``judges``)."""
         from rolekit.verifiers.judges import SCALES, JudgeItem
 

@@ -205,16 +205,23 @@ def test_frozen_judge_is_the_base_model_with_the_adapter_disabled(kernel, tiny):
     assert all(p.requires_grad for n, p in policy.backend.model.named_parameters() if "lora" in n)  # still on
 
 
-def test_a_constrained_model_judge_always_gives_a_verdict(kernel, tiny):
+def test_a_constrained_model_judge_gives_the_expected_verdict_under_its_likelihoods(kernel, tiny):
     from rolekit.backends.hf import HFBackend
     from rolekit.chat import ChatTokenizer
+    from rolekit.verifiers.judges import judge_prompt
 
     chat = ChatTokenizer(tiny.tokenizer)
-    judges = Judges.for_responder(kernel, ModelResponder(POLICY, HFBackend(tiny.model, chat), chat))
+    backend = HFBackend(tiny.model, chat)
+    judges = Judges.for_responder(kernel, ModelResponder(POLICY, backend, chat))
     items = tuple(JudgeItem(f"q{i}", f"a{i}") for i in range(5))
-    for scale, values in (("yes_no", {0.0, 1.0}), ("score", {k / 9 for k in range(10)})):
-        [verdicts] = judges.get("judge:policy").respond([JudgeRequest("g", "x", items, "Rate.", scale, True)])
-        assert all(v.ok and any(math.isclose(v.score, x) for x in values) for v in verdicts)
+    [yes_no] = judges.get("judge:policy").respond([JudgeRequest("g", "x", items, "Right?", "yes_no", True)])
+    [scores] = judges.get("judge:policy").respond([JudgeRequest("g", "x", items, "Rate.", "score", True)])
+    for verdict, item in zip(yes_no, items):  # P(yes | yes or no), by hand
+        ids = chat.encode(judge_prompt("Right?", item, "yes_no"))
+        yes, no = (sum(lp) for lp in backend.score([(ids, chat.text_ids("yes")), (ids, chat.text_ids("no"))]))
+        assert verdict.ok and verdict.score == pytest.approx(math.exp(yes) / (math.exp(yes) + math.exp(no)))
+    assert all(v.ok and 0.0 < v.score < 1.0 for v in scores)
+    assert len({round(v.score, 6) for v in scores}) > 1  # it reads the item: a signal, not one label
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +273,7 @@ def test_a_named_model_judge_is_loaded_once_and_judges(kernel):
     assert judges.get("judge:tiny-random") is judge
     [verdicts] = judge.respond([JudgeRequest("g", "judge:tiny-random", (JudgeItem("q", "a"), JudgeItem("r")),
                                              "Is it right?", "yes_no", True)])
-    assert [v.ok for v in verdicts] == [True, True] and {v.score for v in verdicts} <= {0.0, 1.0}
+    assert [v.ok for v in verdicts] == [True, True] and all(0.0 < v.score < 1.0 for v in verdicts)  # P(yes)
 
 
 def test_the_profanity_judge_runs_offline_and_separates_insults(kernel):

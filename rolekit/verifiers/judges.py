@@ -22,9 +22,9 @@ A model judge answers ``yes``/``no`` (``scale="yes_no"``: score 1 or 0) or a 1-1
 (``scale="score"``: rescaled to [0, 1]). What it wrote is parsed strictly: garbage, two
 different verdicts or an out-of-range score is **no verdict** -- ``Verdict(nan, ok=False)``
 -- never a silent 0 (a nan reward raises, so a game cannot train on it by accident).
-``constrained=True`` makes a model judge pick among the labels by its own likelihood
-(``table.ask(..., choices=...)``, greedy): it always gives a verdict, which a small model
-asked in free text rarely does.
+``constrained=True`` makes a model judge write nothing: its verdict is the expectation
+over the labels under its own likelihoods (P(yes); the expected 1-10 score, rescaled). It
+always gives a verdict, which a small model asked in free text rarely does.
 
 The registry entries of the model judges are factories (``registry.add("judge", factory,
 judge=True)``): ``factory(argument, context) -> judge`` with ``judge.respond(requests) ->
@@ -223,9 +223,13 @@ class RuleJudge:
 
 
 class ModelJudge:
-    """A causal LM asked with a rubric, greedy; what it writes is parsed (or, constrained,
-    it picks a label by likelihood). ``within``: a context to judge inside (the adapter
-    disabled, for ``judge:frozen``)."""
+    """A causal LM asked with a rubric, greedy; what it writes is parsed. ``within``: a
+    context to judge inside (the adapter disabled, for ``judge:frozen``).
+
+    Constrained, it writes nothing: every label is scored by teacher forcing, and the
+    verdict is the expectation under the model's probabilities renormalised over the
+    labels -- P(yes) for ``yes_no``, sum p(s) (s - 1) / 9 for ``score``. (Greedy picking
+    is degenerate for scores: "10" is "1" then "0", never likelier than "1".)"""
 
     def __init__(self, name: str, responder: "ModelResponder",
                  within: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
@@ -238,18 +242,46 @@ class ModelJudge:
         for r, request in enumerate(requests):
             if request.scale not in SCALES:
                 raise ValueError(f"judge scale {request.scale!r}: expected one of {SCALES}")
-            choices = CHOICES[request.scale] if request.constrained else ()
             for item in request.items:
                 asks.append(AskRequest(request.game, "judge", judge_prompt(request.rubric, item, request.scale), 1,
-                                       {"temperature": 0.0, "max_new_tokens": request.max_new_tokens},
-                                       choices=choices))
+                                       {"temperature": 0.0, "max_new_tokens": request.max_new_tokens}))
                 owners.append(r)
+        free = [k for k, owner in enumerate(owners) if not requests[owner].constrained]
+        chosen = [k for k, owner in enumerate(owners) if requests[owner].constrained]
+        verdicts: list[Verdict | None] = [None] * len(asks)
         with self.within():
-            answers = self.responder.respond(asks) if asks else []
+            for k, [answer] in zip(free, self.responder.respond([asks[k] for k in free]) if free else []):
+                verdict = PARSERS[requests[owners[k]].scale](answer.text)
+                verdicts[k] = attrs.evolve(verdict, detail=answer.text)  # what it wrote, verdict or not
+            if chosen:
+                for k, verdict in zip(chosen, self._expected([asks[k] for k in chosen],
+                                                             [requests[owners[k]].scale for k in chosen])):
+                    verdicts[k] = verdict
         out: list[list[Verdict]] = [[] for _ in requests]
-        for owner, [answer] in zip(owners, answers):
-            verdict = PARSERS[requests[owner].scale](answer.text)
-            out[owner].append(attrs.evolve(verdict, detail=answer.text))  # what it wrote, verdict or not
+        for owner, verdict in zip(owners, verdicts):
+            out[owner].append(verdict)
+        return out
+
+    def _expected(self, asks: Sequence[Any], scales: Sequence[str]) -> list[Verdict]:
+        """Each ask's labels scored in one teacher-forced pass; the expected verdict."""
+        import torch
+
+        chat = self.responder.chat
+        pairs, spans = [], []
+        for ask, scale in zip(asks, scales):
+            ids = self.responder.prompt_ids(ask)
+            spans.append((len(pairs), scale))
+            pairs += [(ids, chat.text_ids(label)) for label in CHOICES[scale]]
+        scored = self.responder.backend.score(pairs, temperature=1.0)
+        out = []
+        for start, scale in spans:
+            labels = CHOICES[scale]
+            totals = torch.tensor([sum(scored[start + j]) for j in range(len(labels))], dtype=torch.float64)
+            p = torch.softmax(totals, 0)  # (labels,)
+            values = [PARSERS[scale](label).score for label in labels]
+            score = float(sum(pj * v for pj, v in zip(p.tolist(), values)))
+            best = int(torch.argmax(p))
+            out.append(Verdict(score, detail=f"p({labels[best]})={p[best].item():.3f}"))
         return out
 
 

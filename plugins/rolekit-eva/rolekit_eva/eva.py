@@ -4,7 +4,7 @@ Per episode:
 
 1. the solver answers a prompt drawn from the pool (uniformly) ``n`` times;
 2. a judge scores each answer (default: the frozen base, a 1-10 rubric rescaled to [0, 1],
-   the score picked by likelihood); each answer's reward is its score, advantages ``grpo``
+   constrained: the expected score under its likelihoods of the labels); each answer's reward is its score, advantages ``grpo``
    over the n answers. An answer without a verdict is dropped ("no verdict"), never scored 0;
 3. the prompt's informativeness -- max - min of its scores (options: ``variance``,
    ``mean_gap``) -- is stored on it in the pool;
@@ -57,7 +57,7 @@ class Eva(Game):
         ``evolve``: the share of episodes that evolve a prompt. ``metric``: informativeness,
         "gap" (max - min), "variance" or "mean_gap" (max - mean). ``pool_size``: the pool's
         capacity (oldest leave first). ``judge``: any ``table.judge`` spec; ``constrained``:
-        a model judge picks its 1-10 score by likelihood. ``train_creator``: reward the
+        a model judge's verdict is its expected 1-10 score under its own likelihoods. ``train_creator``: reward the
         creator with its new prompts' informativeness (eva trains it not). Token budgets:
         ``solver_tokens``, ``creator_tokens``, ``judge_tokens``.
         """
