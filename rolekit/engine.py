@@ -336,6 +336,8 @@ class Trainer:
                 self.leftover = samples[cfg.rollout.samples_per_step:]
 
                 # --- learn: PPO-clip over the batch (the backend shares these weights) -------
+                if hasattr(self.policy.backend, "sleep"):  # vLLM on a GPU: its memory to the learner until sync
+                    self.policy.backend.sleep()
                 learned = self.learner.step(batch, cfg.rollout.max_new_tokens) if batch else {}
                 timing["learn"] = time.perf_counter() - start - timing["rollout"]
                 self._check_finite(learned)

