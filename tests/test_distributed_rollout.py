@@ -12,10 +12,12 @@ import ray
 import rolekit_games
 import torch
 
+from rolekit.backends.hf import HFBackend
 from rolekit.config import from_dict
 from rolekit.engine import Trainer
 from rolekit.hookspecs import hookimpl
 from rolekit.plugins import Kernel
+from rolekit.types import GenerationRequest
 
 RUN = {
     "seed": 0,
@@ -75,6 +77,7 @@ def played(episodes):
             for e in episodes]
 
 
+@pytest.mark.slow
 def test_two_ray_workers_play_the_same_episodes_as_one_process(tmp_path, cluster):
     alone, alone_history, alone_episodes = train(tmp_path, "alone")
     spread, spread_history, spread_episodes = train(tmp_path, "ray", ray_address="local", rollout_workers=2)
@@ -95,58 +98,51 @@ def test_two_ray_workers_play_the_same_episodes_as_one_process(tmp_path, cluster
         assert torch.equal(p, spread.policy.params[name]), name
 
 
-def test_without_a_sync_the_workers_play_stale_weights(tmp_path, cluster):
-    """The check above can fail: workers that miss the update play other episodes."""
+@pytest.fixture(scope="module")
+def remote(cluster, tmp_path_factory):
+    """A trainer whose policy generates on 2 Ray workers (its backend: a RayBackend)."""
     config = from_dict({**RUN, "distributed": {"ray_address": "local", "rollout_workers": 2}})
-    trainer = Trainer(config, tmp_path / "stale", kernel=Kernel([rolekit_games], load_entrypoints=False), quiet=True)
-    backend = trainer.policy.backend
-    try:
-        from rolekit.types import GenerationRequest
-
-        prompt = trainer.policy.chat.encode("Say A.")
-        requests = [GenerationRequest(prompt, max_new_tokens=8, seed=k) for k in range(4)]
-        before = backend.generate(requests)
-        with torch.no_grad():
-            for p in trainer.policy.params.values():
-                p.add_(torch.randn_like(p))  # lora_B moves off zero: the adapter now changes the output
-        assert backend.generate(requests) == before  # not synced: the workers still hold the old adapter
-        backend.sync()
-        after = backend.generate(requests)
-        assert after != before
-        from rolekit.backends.hf import HFBackend
-
-        local = HFBackend(trainer.policy.model, trainer.policy.chat)
-        assert [g.completion_ids for g in after] == [g.completion_ids for g in local.generate(requests)]
-    finally:
-        backend.close()
+    trainer = Trainer(config, tmp_path_factory.mktemp("remote"), quiet=True,
+                      kernel=Kernel([rolekit_games], load_entrypoints=False))
+    yield trainer
+    trainer.policy.backend.close()
 
 
-def test_a_worker_answers_each_request_as_the_driver_would_alone(tmp_path, cluster):
+def test_without_a_sync_the_workers_play_stale_weights(remote):
+    """The check above can fail: workers that miss the update play other episodes."""
+    backend = remote.policy.backend
+    requests = [GenerationRequest(remote.policy.chat.encode("Say A."), max_new_tokens=8, seed=k) for k in range(4)]
+    before = backend.generate(requests)
+    with torch.no_grad():
+        for p in remote.policy.params.values():
+            p.add_(torch.randn_like(p))  # lora_B moves off zero: the adapter now changes the output
+    assert backend.generate(requests) == before  # not synced: the workers still hold the old adapter
+    backend.sync()
+    after = backend.generate(requests)
+    assert after != before
+    local = HFBackend(remote.policy.model, remote.policy.chat)
+    assert [g.completion_ids for g in after] == [g.completion_ids for g in local.generate(requests)]
+
+
+def test_a_worker_answers_each_request_as_the_driver_would_alone(remote):
     """RayBackend splits a round across the workers; every answer is the one the
     driver's HF backend gives the same request alone."""
-    from rolekit.backends.hf import HFBackend
-    from rolekit.types import GenerationRequest
-
-    config = from_dict({**RUN, "distributed": {"ray_address": "local", "rollout_workers": 2}})
-    trainer = Trainer(config, tmp_path / "split", kernel=Kernel([rolekit_games], load_entrypoints=False), quiet=True)
-    backend = trainer.policy.backend
-    try:
-        chat = trainer.policy.chat
-        local = HFBackend(trainer.policy.model, chat, max_batch_size=1)
-        requests = [GenerationRequest(chat.encode(f"Count to {k}."), max_new_tokens=3 + k % 4, temperature=0.7 + k / 10,
-                                      top_k=50 * (k % 2), top_p=1.0 - 0.05 * (k % 3), seed=1000 + k)
-                    for k in range(7)]
-        requests.append(attrs.evolve(requests[0], temperature=0.0, seed=None))  # greedy
-        spread = backend.generate(requests)
-        assert [g.completion_ids for g in spread] == [local.generate([r])[0].completion_ids for r in requests]
-        pairs = [(chat.encode("Pick one."), chat.text_ids(c)) for c in ("check", "bet", "fold")]
-        flat = lambda scored: [x for values in scored for x in values]  # noqa: E731
-        assert flat(backend.score(pairs, temperature=1.0)) == pytest.approx(flat(local.score(pairs, temperature=1.0)),
-                                                                            abs=1e-4)
-    finally:
-        backend.close()
+    backend, chat = remote.policy.backend, remote.policy.chat
+    backend.sync()
+    local = HFBackend(remote.policy.model, chat, max_batch_size=1)
+    requests = [GenerationRequest(chat.encode(f"Count to {k}."), max_new_tokens=3 + k % 4, temperature=0.7 + k / 10,
+                                  top_k=50 * (k % 2), top_p=1.0 - 0.05 * (k % 3), seed=1000 + k)
+                for k in range(7)]
+    requests.append(attrs.evolve(requests[0], temperature=0.0, seed=None))  # greedy
+    spread = backend.generate(requests)
+    assert [g.completion_ids for g in spread] == [local.generate([r])[0].completion_ids for r in requests]
+    pairs = [(chat.encode("Pick one."), chat.text_ids(c)) for c in ("check", "bet", "fold")]
+    flat = lambda scored: [x for values in scored for x in values]  # noqa: E731
+    assert flat(backend.score(pairs, temperature=1.0)) == pytest.approx(flat(local.score(pairs, temperature=1.0)),
+                                                                        abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_plain_run_imports_no_ray(tmp_path):
     """Single-process mode stays plain Python: training without ray_address never imports Ray."""
     script = f"""
