@@ -167,6 +167,7 @@ class Policy:
         # process, fed the new adapter or weights by every sync (a LoRA slot per snapshot in use)
         self.backend = make_backend(config.rollout.backend, model, self.chat, max_batch_size=config.rollout.batch_size,
                                     adapters=config.snapshots.pool_size + 1, seed=config.seed)
+        self.local_backend = self.backend  # generates from this process's model, whatever it is set to
         if config.distributed.ray_address is not None:  # generation on Ray workers, each with a copy of the model
             from rolekit.distributed.rollout import RayBackend
 
@@ -296,8 +297,10 @@ class Trainer:
         # --- judges (table.judge): judge:frozen is the base, the adapter disabled -----------
         from rolekit.verifiers.judges import JudgeContext, Judges
 
+        judge = self.policy.responder("judge:policy")
+        judge.backend = self.policy.local_backend  # judge:frozen disables the adapter here, not on Ray workers
         self.judges = Judges(self.kernel, JudgeContext(
-            policy=self.policy.responder("judge:policy"), base=self._frozen_base(), device=str(self.policy.device)))
+            policy=judge, base=self._frozen_base(), device=str(self.policy.device)))
         self.step = 0
         self.leftover: list[Sample] = []
         self.stale: dict[str, int] = {}  # game/role -> leftover samples dropped this step as too old

@@ -142,6 +142,22 @@ def test_a_worker_answers_each_request_as_the_driver_would_alone(remote):
                                                                         abs=1e-4)
 
 
+def test_judge_frozen_under_ray_is_the_base_model(remote):
+    """judge:frozen disables the adapter in the driver's model, so judges generate in the
+    driver, not on the workers (which hold the trained adapter)."""
+    from rolekit.verifiers.judges import JudgeItem, JudgeRequest
+
+    with torch.no_grad():
+        for p in remote.policy.params.values():
+            p.add_(torch.randn_like(p))  # an adapter that changes what the model writes
+    remote.policy.backend.sync()
+    items = tuple(JudgeItem(f"Is {k} + {k} = {2 * k}?", "yes") for k in range(4))
+    said = {spec: [v.detail for v in remote.judges.get(spec).respond([JudgeRequest("g", spec, items)])[0]]
+            for spec in ("judge:frozen", "judge:tiny-random", "judge:policy")}  # what each judge wrote
+    assert said["judge:frozen"] == said["judge:tiny-random"]  # the base model, loaded afresh
+    assert said["judge:policy"] != said["judge:frozen"]  # the adapter does change the answers
+
+
 @pytest.mark.slow
 def test_a_plain_run_imports_no_ray(tmp_path):
     """Single-process mode stays plain Python: training without ray_address never imports Ray."""
