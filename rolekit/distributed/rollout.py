@@ -23,6 +23,7 @@ any number of workers (``tests/test_distributed_rollout.py``).
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Sequence
 
@@ -94,6 +95,8 @@ class RayBackend:
         self.workers = [actor.remote(config, int(dist.worker_cpus)) for _ in range(dist.rollout_workers)]
         ray.get([w.ready.remote() for w in self.workers])
         self.startup_seconds = time.perf_counter() - start
+        print(f"rolekit: {len(self.workers)} Ray rollout workers ready in {self.startup_seconds:.1f} s "
+              f"({dist.ray_address})", file=sys.stderr)
         self.model, self.params = model, params
         self.max_batch_size = config.rollout.batch_size
         self.calls = 0
