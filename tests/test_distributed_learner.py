@@ -110,11 +110,14 @@ def test_two_gloo_ranks_take_the_step_one_process_takes(two_ranks, setup):
         assert torch.equal(a, b)
     for p, g in zip(alone.params, rank0["grads"]):
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-8)  # the summed shards' gradient is the batch's
-    # AdamW moves a weight by lr * g / (|g| + 1e-8): the ~1e-9 rounding of a sum taken in another
-    # order moves a weight whose gradient is ~1e-10 by up to ~0.1 lr; all the others agree
+    # AdamW's first step moves a weight by lr * g / (|g| + 1e-8): the ~1e-9 rounding of a sum taken
+    # in another order moves a weight whose gradient is ~1e-10 by up to ~0.1 lr (and, with two PPO
+    # epochs, the second epoch's gradients a little); every weight with a well-determined gradient
+    # (|g| > 1e-5) takes the same step to 1 % of lr -- a lost or doubled shard moves most by ~lr
     diff = torch.cat([(w - p.detach()).abs().flatten() for p, w in zip(alone.params, rank0["weights"])])
+    grad = torch.cat([p.grad.abs().flatten() for p in alone.params])
     assert diff.max().item() < 0.1 * options["lr"]
-    assert (diff > 1e-6).float().mean().item() < 1e-4
+    assert diff[grad > 1e-5].max().item() < 0.01 * options["lr"]
     moved = max((p.detach() - before).abs().max().item() for p, before in zip(alone.params, initial))
     assert moved > 1e-4
 
