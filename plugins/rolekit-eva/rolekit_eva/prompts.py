@@ -8,8 +8,9 @@ concretise, increase reasoning steps; in-breadth: a new, rarer prompt of the sam
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from rolekit.jsonl import read_records
 
 SEEDS = (
     "Write a haiku about autumn leaves.",
@@ -80,20 +81,10 @@ def creator_prompt(rubric: str, prompt: str) -> str:
 
 def load_prompts(path: str | Path) -> tuple[str, ...]:
     """A user's JSONL, one ``{"prompt": str}`` per line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"prompts file {path} does not exist")
-    out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            text = json.loads(line)["prompt"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{number}: expected {{\"prompt\": str}} ({type(exc).__name__}: {exc})") from None
+    def prompt(record) -> str:
+        text = record["prompt"]
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{path}:{number}: the prompt must be a non-empty string")
-        out.append(text.strip())
-    if not out:
-        raise ValueError(f"prompts file {path} holds no prompt")
-    return tuple(out)
+            raise ValueError("the prompt must be a non-empty string")
+        return text.strip()
+
+    return read_records(path, "prompt", prompt, '{"prompt": str}')

@@ -12,11 +12,11 @@ A user's file: one JSON object per line, ``{"behavior": "...", "label": "harmful
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import attrs
 
+from rolekit.jsonl import read_records
 from rolekit_redteam.rewards import LABELS
 
 
@@ -69,21 +69,10 @@ BUILTIN = tuple(Seed(b, "harmful") for b in HARMFUL) + tuple(Seed(b, "benign") f
 
 def load_seeds(path: str | Path) -> tuple[Seed, ...]:
     """A user's JSONL of ``{"behavior", "label"}`` records."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"seeds file {path} does not exist")
-    out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            out.append(Seed(str(record["behavior"]).strip(), record["label"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}:{number}: expected {{\"behavior\": str, \"label\": \"harmful\" or \"benign\"}} "
-                             f"({type(exc).__name__}: {exc})") from None
-        if not out[-1].behavior:
-            raise ValueError(f"{path}:{number}: empty behavior")
-    if not out:
-        raise ValueError(f"seeds file {path} holds no seed")
-    return tuple(out)
+    def seed(record) -> Seed:
+        found = Seed(str(record["behavior"]).strip(), record["label"])
+        if not found.behavior:
+            raise ValueError("empty behavior")
+        return found
+
+    return read_records(path, "seed", seed, '{"behavior": str, "label": "harmful" or "benign"}')
