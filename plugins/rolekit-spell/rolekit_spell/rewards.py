@@ -148,6 +148,7 @@ def sub_em(prediction: str, gold: str) -> float:
 
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")  # the comma of "5,335"
 _NOISE = ("£", "€", "¥", "$", "%", "°", "`", "million", "billion", "thousand", "USD", "RMB", "approximately")
 
 
@@ -160,7 +161,7 @@ def to_number(text: str) -> float | None:
         text = text.split(sep)[-1]
     for noise in _NOISE:
         text = text.replace(noise, " ")
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    text = _THOUSANDS.sub("", text)
     found = _NUMBER.findall(text)
     if len(found) != 1 or len(found[0]) > 40:
         return None
@@ -220,7 +221,7 @@ def in_text(task: str, gold: str, text: str) -> bool:
         return True
     if task == "math":
         g = to_number(gold)
-        numbers = _NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", text))
+        numbers = _NUMBER.findall(_THOUSANDS.sub("", text))
         return g is not None and any(float(n) == g for n in numbers if len(n) <= 40)
     g = normalize_answer(gold)
     return bool(g) and g in normalize_answer(text)
