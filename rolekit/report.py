@@ -6,7 +6,8 @@
 * a summary (model, games, steps, wall time, tokens, final per-role and evaluation figures);
 * curves per game and role, drawn here as inline SVG (no chart library, nothing fetched);
 * an episode browser: sampled transcripts embedded as JSON and drawn by a short script,
-  seat by seat, with boards and cards for the built-in games. Transcripts are model
+  seat by seat, with boards and cards for the built-in games (the page's frame, styles and
+  script are package data in ``rolekit/report_assets/``). Transcripts are model
   output: the script only ever sets ``textContent``, and the JSON cannot close its tag;
 * the resolved config.
 
@@ -18,7 +19,9 @@ files (the optional ``tensorboard`` extra).
 
 from __future__ import annotations
 
+import functools
 import html
+import importlib.resources
 import json
 import math
 import os
@@ -549,6 +552,17 @@ def _eval_charts(metrics: list[dict], game: str, names: list[str]) -> str:
 
 # --- the page ---------------------------------------------------------------------------------------
 
+ASSETS = "rolekit.report_assets"  # package data: page.html (the frame), browser.html, report.css, report.js
+
+
+@functools.cache
+def asset(name: str) -> str:
+    """One of the page's fixed parts, read from the package data in ``rolekit/report_assets/``
+    (``page.html`` has ``str.format`` fields: title, name, status, built, nav, sections, data,
+    css, js)."""
+    return importlib.resources.files(ASSETS).joinpath(name).read_text(encoding="utf-8")
+
+
 
 def render(run_dir: Path, config: dict, config_text: str, metrics: list[dict], episodes: list[dict],
            episodes_logged: int) -> str:
@@ -580,7 +594,7 @@ def render(run_dir: Path, config: dict, config_text: str, metrics: list[dict], e
     nav.append('<a href="#episodes">Episodes</a>')
     note = (f"{len(episodes)} of {episodes_logged} logged transcripts, sampled over the run"
             if len(episodes) < episodes_logged else f"all {episodes_logged} logged transcripts")
-    sections.append(f'<section id="episodes"><h2>Episodes <small>{note}</small></h2>{BROWSER}</section>')
+    sections.append(f'<section id="episodes"><h2>Episodes <small>{note}</small></h2>{asset("browser.html")}</section>')
     nav.append('<a href="#config">Config</a>')
     sections.append(f'<section id="config"><h2>Config</h2><pre class="config">'
                     f'{html.escape(config_text or "(no config.toml)")}</pre></section>')
@@ -588,10 +602,10 @@ def render(run_dir: Path, config: dict, config_text: str, metrics: list[dict], e
     data = json.dumps({"episodes": episodes}, ensure_ascii=False, separators=(",", ":"), default=str)
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     data = data.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    return PAGE.format(
+    return asset("page.html").format(
         title=html.escape(f"rolekit report: {name}"), name=html.escape(name), status=html.escape(status),
         built=time.strftime("%Y-%m-%d %H:%M:%S"), nav="".join(nav), sections="".join(sections), data=data,
-        css=CSS, js=SCRIPT)
+        css=asset("report.css"), js=asset("report.js"))
 
 
 def _slug(s: str) -> str:
@@ -698,339 +712,3 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", help="write the report here instead of RUN_DIR/report.html")
     p.add_argument("--episodes", type=int, default=MAX_EPISODES, help="most transcripts to keep (sampled)")
     p.set_defaults(func=cmd_report)
-
-
-# --- the page's fixed parts -----------------------------------------------------------------------------
-
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; \
-script-src 'unsafe-inline'; img-src data:">
-<title>{title}</title><style>{css}</style></head>
-<body><header><h1>rolekit <span>{name}</span></h1><p class="meta">{status} · report built {built}</p>
-<nav>{nav}</nav></header><main>{sections}</main>
-<script type="application/json" id="rk-episodes">{data}</script>
-<script>{js}</script></body></html>
-"""
-
-BROWSER = """<div class="browser">
-<div class="picker">
-  <div class="filters">
-    <label>game <select id="f-game"><option value="">all</option></select></label>
-    <label>step <select id="f-step"><option value="">all</option></select></label>
-    <label>ending <select id="f-tag">
-      <option value="">all</option><option value="policy_win">policy won</option>
-      <option value="policy_loss">policy lost</option><option value="draw">draw / no winner</option>
-      <option value="invalid">invalid move</option><option value="error">error</option>
-    </select></label>
-  </div>
-  <p id="ep-count" class="muted"></p>
-  <ol id="ep-list"></ol>
-</div>
-<div id="ep-view" class="view"><p class="muted">Pick an episode on the left to read it seat by seat.</p></div>
-</div>"""
-
-CSS = """
-:root{--fg:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#f8fafc;--card:#fff;--accent:#2563eb}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
-header{position:sticky;top:0;z-index:2;background:#0f172a;color:#e2e8f0;padding:8px 20px;display:flex;
-  align-items:baseline;gap:18px;flex-wrap:wrap}
-header h1{font-size:17px;margin:0}header h1 span{font-weight:400;color:#93c5fd}
-header .meta{margin:0;color:#94a3b8;font-size:12px}
-nav{display:flex;gap:12px;flex-wrap:wrap}nav a{color:#e2e8f0;text-decoration:none;font-size:13px}
-nav a:hover{text-decoration:underline}
-main{padding:4px 20px 40px;max-width:1500px;margin:0 auto}
-section{margin-top:18px;scroll-margin-top:44px}
-h2{font-size:18px;margin:8px 0;border-bottom:1px solid var(--line);padding-bottom:4px}
-h2 small,h3 small{font-weight:400;color:var(--muted);font-size:13px;margin-left:6px}
-h3{font-size:15px;margin:12px 0 6px}
-.cols{display:grid;grid-template-columns:minmax(260px,380px) 1fr;gap:24px;align-items:start}
-table{border-collapse:collapse;background:var(--card)}
-td,th{border:1px solid var(--line);padding:3px 8px;text-align:left;vertical-align:top}
-table.facts th{color:var(--muted);font-weight:500;white-space:nowrap}
-table.num td{font-variant-numeric:tabular-nums}table.num thead th{background:#f1f5f9}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(290px,1fr));gap:12px}
-.chart{margin:0;background:var(--card);border:1px solid var(--line);border-radius:6px;padding:6px 8px}
-.chart figcaption{font-weight:600;font-size:13px}
-.legend{display:flex;flex-wrap:wrap;gap:2px 10px;font-size:12px;color:var(--muted);min-height:18px}
-.legend i{display:inline-block;width:10px;height:3px;margin-right:4px;vertical-align:middle}
-.legend b{color:var(--fg);font-weight:600}
-svg{width:100%;height:auto;display:block}
-svg text{font-size:10px;fill:#64748b}svg .ytick{text-anchor:end}svg .xtick{text-anchor:middle}
-svg .reflabel{text-anchor:end;font-size:9px}
-svg .grid{stroke:#eef2f7}svg .frame{fill:none;stroke:#cbd5e1}
-svg .ref{stroke:#94a3b8;stroke-dasharray:4 3}
-svg path{fill:none;stroke-linejoin:round;stroke-linecap:round}
-svg path.line{stroke-width:1.8}svg path.faint{stroke-width:1;opacity:.28}
-pre{white-space:pre-wrap;word-break:break-word;margin:0;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}
-pre.config{background:var(--card);border:1px solid var(--line);padding:10px;border-radius:6px}
-.muted{color:var(--muted)}
-.browser{display:grid;grid-template-columns:330px 1fr;gap:14px;align-items:start}
-.picker{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:8px;position:sticky;top:44px}
-.filters{display:flex;flex-wrap:wrap;gap:6px}.filters label{font-size:12px;color:var(--muted)}
-.filters select{display:block;font:inherit;font-size:13px;max-width:140px}
-#ep-count{margin:6px 0;font-size:12px}
-#ep-list{list-style:none;margin:0;padding:0;max-height:70vh;overflow:auto}
-#ep-list button{all:unset;display:block;width:100%;box-sizing:border-box;cursor:pointer;padding:4px 6px;
-  border-bottom:1px solid var(--line);font-size:12.5px}
-#ep-list button:hover{background:#eff6ff}#ep-list button.on{background:#dbeafe}
-.tag{display:inline-block;font-size:11px;padding:0 5px;border-radius:8px;margin-left:4px;background:#f1f5f9}
-.tag.policy_win{background:#dcfce7}.tag.policy_loss{background:#ffedd5}.tag.invalid{background:#f3e8ff}
-.tag.error{background:#fee2e2}
-.view{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:10px 14px;min-height:200px}
-.view h3{margin-top:0}
-.seats{display:flex;gap:6px;flex-wrap:wrap;margin:8px 0}
-.seats button{font:inherit;font-size:12px;border:1px solid var(--line);background:#fff;border-radius:12px;
-  padding:2px 10px;cursor:pointer}.seats button.on{background:var(--accent);color:#fff;border-color:var(--accent)}
-.turn{border:1px solid var(--line);border-left:4px solid var(--c,#94a3b8);border-radius:6px;margin:10px 0;
-  padding:8px 10px}
-.turn .head{display:flex;gap:10px;flex-wrap:wrap;align-items:baseline;font-size:13px}
-.turn .head b{font-size:14px}
-.kv{font-variant-numeric:tabular-nums;color:var(--muted)}.kv strong{color:var(--fg);font-weight:600}
-.saw{display:flex;gap:14px;align-items:flex-start;margin-top:6px}
-.saw pre{flex:1;max-height:16em;overflow:auto;background:#f8fafc;border:1px solid var(--line);border-radius:4px;
-  padding:6px}
-.answer{margin-top:6px;background:#fffbeb;border:1px solid #fde68a;border-radius:4px;padding:6px}
-.label{font-size:11px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);margin-top:6px}
-.msg-role{font-weight:600;color:var(--accent)}
-.ttt{display:grid;grid-template-columns:repeat(3,30px);grid-template-rows:repeat(3,30px);gap:2px;
-  background:#334155;border:2px solid #334155;border-radius:3px;flex:none}
-.ttt div{background:#fff;display:flex;align-items:center;justify-content:center;font:600 17px system-ui}
-.ttt .x{color:#2563eb}.ttt .o{color:#dc2626}.ttt .e{color:#cbd5e1;font-size:11px}
-.cards{display:flex;gap:6px;align-items:center;flex-wrap:wrap;flex:none;font-size:12px}
-.card{width:30px;height:42px;border:1px solid #94a3b8;border-radius:4px;background:#fff;display:flex;
-  align-items:center;justify-content:center;font:700 18px Georgia,serif;box-shadow:0 1px 2px #0002}
-.card.hidden{background:repeating-linear-gradient(45deg,#1e3a8a,#1e3a8a 4px,#2563eb 4px,#2563eb 8px);color:#fff}
-table.inv{font-size:12px}table.inv td,table.inv th{padding:1px 6px}
-.final{display:flex;gap:14px;align-items:flex-start;flex-wrap:wrap;margin:6px 0}
-@media (max-width:900px){.cols,.browser{grid-template-columns:1fr}.picker{position:static}}
-"""
-
-SCRIPT = r"""
-(function () {
-  "use strict";
-  // Everything from the run is untrusted model output: it only ever reaches the page as textContent.
-  var data = JSON.parse(document.getElementById("rk-episodes").textContent);
-  var eps = data.episodes;
-  var COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
-  var TAGS = {policy_win: "policy won", policy_loss: "policy lost", draw: "no winner", invalid: "invalid move",
-              error: "error"};
-
-  function el(tag, cls, kids) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    (kids || []).forEach(function (k) {
-      if (k === null || k === undefined) return;
-      e.appendChild(k instanceof Node ? k : document.createTextNode(String(k)));
-    });
-    return e;
-  }
-  function num(x) {
-    return typeof x === "number" ? (x >= 0 ? "+" : "") + x.toFixed(3) : "–";
-  }
-  function promptText(p) {
-    if (typeof p === "string") return p;
-    if (Array.isArray(p)) {
-      for (var i = p.length - 1; i >= 0; i--) if (p[i] && p[i].role === "user") return content(p[i].content);
-      return p.map(function (m) { return content(m && m.content); }).join("\n");
-    }
-    return "";
-  }
-  function content(c) { return typeof c === "string" ? c : JSON.stringify(c); }
-
-  // --- game views: boards and cards for the built-in games; unknown games show text only ---
-  function lastMatches(text, re) {
-    var out = [], m; re.lastIndex = 0;
-    while ((m = re.exec(text)) !== null) out.push(m);
-    return out;
-  }
-  function tttBoard(text) {
-    var rows = String(text).split("\n").map(function (l) { return l.match(/^\s*(\S)\s*\|\s*(\S)\s*\|\s*(\S)\s*$/); })
-      .filter(Boolean).slice(-3);
-    if (rows.length < 3) return null;
-    var grid = el("div", "ttt");
-    rows.forEach(function (r) {
-      for (var i = 1; i <= 3; i++) {
-        var c = r[i], cls = c === "X" ? "x" : c === "O" ? "o" : "e";
-        grid.appendChild(el("div", cls, [c]));
-      }
-    });
-    return grid;
-  }
-  function card(letter, label) {
-    var c = el("div", "card" + (letter ? "" : " hidden"), [letter || "?"]);
-    return label ? el("div", "cards", [el("span", "muted", [label]), c]) : c;
-  }
-  function kuhnTurn(text) {
-    var cards = lastMatches(text, /Your card: ([JQK])/g);
-    if (!cards.length) return null;
-    var box = el("div", "cards", [card(cards[cards.length - 1][1], "your card"), card(null)]);
-    var pot = lastMatches(text, /Pot: (\d+) chips/g);
-    if (pot.length) box.appendChild(el("span", "muted", ["pot " + pot[pot.length - 1][1]]));
-    return box;
-  }
-  function kuhnEnd(ep) {
-    var info = ep.info || {};
-    if (!Array.isArray(info.cards)) return null;
-    var box = el("div", "cards");
-    info.cards.forEach(function (deal, i) {
-      if (typeof deal !== "string" || deal.length < 2) return;
-      box.appendChild(el("span", "muted", [(info.cards.length > 1 ? "round " + (i + 1) + ": " : "") + "player_0"]));
-      box.appendChild(card(deal[0]));
-      box.appendChild(el("span", "muted", ["player_1"]));
-      box.appendChild(card(deal[1]));
-    });
-    if (info.chips && typeof info.chips === "object") {
-      box.appendChild(el("span", "muted", ["chips " + Object.keys(info.chips).map(function (k) {
-        return k + " " + String(info.chips[k]); }).join(", ")]));
-    }
-    return box;
-  }
-  function inventory(text) {
-    var rows = lastMatches(text, /^\s+(\w+): (\d+) \(value (\d+) each\)/gm);
-    if (!rows.length) return null;
-    var t = el("table", "inv", [el("tr", null, [el("th", null, ["resource"]), el("th", null, ["units"]),
-                                               el("th", null, ["value each"])])]);
-    rows.slice(-5).forEach(function (m) {
-      t.appendChild(el("tr", null, [el("td", null, [m[1]]), el("td", null, [m[2]]), el("td", null, [m[3]])]));
-    });
-    return t;
-  }
-  var VIEWS = {
-    tictactoe: {turn: tttBoard,
-                end: function (ep) { return ep.info && ep.info.board ? tttBoard(ep.info.board) : null; }},
-    kuhn_poker: {turn: kuhnTurn, end: kuhnEnd},
-    negotiation: {turn: inventory}
-  };
-  function view(game, kind, arg) {
-    var v = VIEWS[game] && VIEWS[game][kind];
-    if (!v) return null;
-    try { return v(arg); } catch (e) { return null; }
-  }
-
-  // --- the list and its filters ---
-  var fGame = document.getElementById("f-game"), fStep = document.getElementById("f-step"),
-      fTag = document.getElementById("f-tag"), list = document.getElementById("ep-list"),
-      count = document.getElementById("ep-count"), pane = document.getElementById("ep-view");
-  function options(select, values) {
-    values.forEach(function (v) { var o = el("option", null, [v]); o.value = v; select.appendChild(o); });
-  }
-  options(fGame, Array.from(new Set(eps.map(function (e) { return String(e.game); }))).sort());
-  options(fStep, Array.from(new Set(eps.map(function (e) { return e.step; }))).sort(function (a, b) { return a - b; })
-    .map(String));
-  function summary(ep) {
-    var info = ep.info || {};
-    if (ep.error) return "error";
-    var s = info.winner ? info.winner + " won" : "no winner";
-    if (info.invalid) s += ", " + info.invalid + " moved illegally";
-    return s;
-  }
-  var current = -1;
-  function refill() {
-    list.textContent = "";
-    var shown = 0;
-    eps.forEach(function (ep, i) {
-      if (fGame.value && String(ep.game) !== fGame.value) return;
-      if (fStep.value && String(ep.step) !== fStep.value) return;
-      if (fTag.value && (ep.tags || []).indexOf(fTag.value) < 0) return;
-      var b = el("button", null, [el("b", null, ["step " + ep.step]), " · " + ep.game + " · " + summary(ep)]);
-      b.dataset.index = i;
-      if (i === current) b.className = "on";
-      b.addEventListener("click", function () { location.hash = "episode-" + i; show(i); });
-      list.appendChild(el("li", null, [b]));
-      shown++;
-    });
-    count.textContent = shown + " of " + eps.length + " episodes";
-  }
-  [fGame, fStep, fTag].forEach(function (s) { s.addEventListener("change", refill); });
-
-  // --- one episode, seat by seat ---
-  function show(i) {
-    var ep = eps[i];
-    if (!ep) return;
-    current = i;
-    Array.prototype.forEach.call(list.querySelectorAll("button"), function (b) {
-      b.classList.toggle("on", Number(b.dataset.index) === i);
-    });
-    pane.textContent = "";
-    pane.appendChild(el("h3", null, [ep.game + " · step " + ep.step + " · seed " + ep.seed]));
-    var roles = Object.keys(ep.seats || {});
-    (ep.turns || []).forEach(function (t) { if (roles.indexOf(t.role) < 0) roles.push(t.role); });
-    var color = {};
-    roles.forEach(function (r, k) { color[r] = COLORS[k % COLORS.length]; });
-    var seatTable = el("table", "num", [el("tr", null, [el("th", null, ["seat"]), el("th", null, ["played by"]),
-                                                       el("th", null, ["return"])])]);
-    roles.forEach(function (r) {
-      seatTable.appendChild(el("tr", null, [el("td", null, [r]), el("td", null, [(ep.seats || {})[r] || "–"]),
-                                            el("td", null, [num((ep.returns || {})[r])])]));
-    });
-    var final = el("div", "final", [seatTable]);
-    var endView = view(ep.game, "end", ep);
-    if (endView) final.appendChild(endView);
-    var facts = el("table", null);
-    Object.keys(ep.info || {}).forEach(function (k) {
-      var v = ep.info[k];
-      facts.appendChild(el("tr", null, [el("th", null, [k]),
-        el("td", null, [typeof v === "string" && v.indexOf("\n") >= 0 ? el("pre", null, [v]) :
-                        el("span", null, [typeof v === "string" ? v : JSON.stringify(v)])])]));
-    });
-    (ep.tags || []).forEach(function (t) { final.appendChild(el("span", "tag " + t, [TAGS[t] || t])); });
-    pane.appendChild(final);
-    if (facts.childNodes.length) pane.appendChild(facts);
-    if (ep.error) pane.appendChild(el("pre", "answer", ["error: " + ep.error]));
-
-    var seatBar = el("div", "seats");
-    var turns = el("div");
-    ["all seats"].concat(roles).forEach(function (r, k) {
-      var b = el("button", k === 0 ? "on" : null, [r]);
-      b.addEventListener("click", function () {
-        Array.prototype.forEach.call(seatBar.children, function (x) { x.classList.toggle("on", x === b); });
-        Array.prototype.forEach.call(turns.children, function (node) {
-          node.style.display = k === 0 || node.dataset.role === r ? "" : "none";
-        });
-      });
-      seatBar.appendChild(b);
-    });
-    pane.appendChild(seatBar);
-    (ep.turns || []).forEach(function (t, k) {
-      var box = el("div", "turn");
-      box.dataset.role = t.role;
-      box.style.setProperty("--c", color[t.role] || "#94a3b8");
-      box.appendChild(el("div", "head", [
-        el("b", null, ["#" + (k + 1) + " " + t.role]), el("span", "muted", [t.responder || ""]),
-        el("span", "kv", ["action ", el("strong", null, [t.action === null || t.action === undefined ?
-                                                          "none (invalid)" : String(t.action)])]),
-        el("span", "kv", ["reward ", el("strong", null, [num(t.reward)])]),
-        el("span", "kv", ["advantage ", el("strong", null, [num(t.advantage)])]),
-        el("span", "kv", ["tokens ", el("strong", null, [t.tokens === undefined ? "–" : String(t.tokens)])])
-      ]));
-      box.appendChild(el("div", "label", ["saw"]));
-      var saw = el("div", "saw");
-      var v = view(ep.game, "turn", promptText(t.prompt));
-      if (v) saw.appendChild(v);
-      var pre = el("pre", "prompt");
-      if (Array.isArray(t.prompt)) {
-        t.prompt.forEach(function (m) {
-          pre.appendChild(el("span", "msg-role", [(m && m.role) + ": "]));
-          pre.appendChild(document.createTextNode(content(m && m.content) + "\n"));
-        });
-      } else {
-        pre.textContent = typeof t.prompt === "string" ? t.prompt : JSON.stringify(t.prompt);
-      }
-      saw.appendChild(pre);
-      box.appendChild(saw);
-      box.appendChild(el("div", "label", ["answered"]));
-      box.appendChild(el("pre", "answer", [t.text === null || t.text === undefined ? "" : String(t.text)]));
-      turns.appendChild(box);
-    });
-    pane.appendChild(turns);
-  }
-
-  refill();
-  var m = location.hash.match(/^#episode-(\d+)$/);
-  if (m) show(Number(m[1]));
-  window.rolekitReady = performance.now();
-})();
-"""
