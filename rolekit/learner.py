@@ -9,13 +9,15 @@ is not rounded away as it would be on bf16 weights.
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from typing import Any, Sequence
 
 import attrs
 import torch
 
-from rolekit.backends.hf import autocast, run_continuations, run_prompts, share_prompts, shared_prefix, split_model
+from rolekit.backends.hf import (MIN_SHARED_PREFIX, autocast, run_continuations, run_prompts, share_prompts,
+                                 split_model)
 from rolekit.losses import kl_estimate, ppo_clip, token_weights
 from rolekit.types import Sample
 
@@ -29,6 +31,9 @@ def micro_batches(samples: Sequence[Sample], max_tokens: int, shared: bool = Tru
     prompt or a header land together; otherwise by prompt length, so padding stays small;
     then by completion length. A shared bucket ends where the next sample shares nothing
     with it (another game or role); a single sample over the budget gets a bucket of its own.
+
+    Each candidate's cost comes from the bucket's running totals (:class:`_Bucket`), so
+    the whole pass is linear in the samples' tokens, not quadratic in a bucket's size.
     """
     def key(i: int):
         s = samples[i]
@@ -36,20 +41,19 @@ def micro_batches(samples: Sequence[Sample], max_tokens: int, shared: bool = Tru
             return s.prompt_ids, len(s.completion_ids)
         return len(s.prompt_ids), s.prompt_ids, len(s.completion_ids)
 
-    order = sorted(range(len(samples)), key=key)
     buckets: list[list[int]] = []
     current: list[int] = []
-    cost = 0  # real tokens of current
-    for i in order:
-        real, padded = bucket_cost([samples[j] for j in current + [i]], shared)
-        alone = bucket_cost([samples[i]], shared)[0]
+    bucket = _Bucket(shared)
+    for i in sorted(range(len(samples)), key=key):
+        real, padded = bucket.cost_with(samples[i])
+        alone = _Bucket(shared).cost_with(samples[i])[0]
         # shared: a sample that shares nothing with the bucket (another game or role) starts
         # the next one rather than cost the bucket its common prefix
-        if current and (padded > max_tokens or (shared and real - cost >= alone)):
+        if current and (padded > max_tokens or (shared and real - bucket.cost()[0] >= alone)):
             buckets.append(current)
-            current, real = [], alone
+            current, bucket = [], _Bucket(shared)
         current.append(i)
-        cost = real
+        bucket.add(samples[i])
     if current:
         buckets.append(current)
     return buckets
@@ -68,14 +72,70 @@ def trained_positions(s: Sample) -> int:
 def bucket_cost(batch: Sequence[Sample], shared: bool = True) -> tuple[int, int]:
     """(real, padded) tokens one micro-batch computes: the shared prefix once, the rest of
     each distinct prompt, and the completions (``shared``); or every prompt + completion in full."""
-    rows = [(s.prompt_ids, c) for s in batch for c in completions(s)]
-    if not shared:
-        return sum(len(p) + len(c) for p, c in rows), len(rows) * max(len(p) + len(c) for p, c in rows)
-    prompts = list({tuple(s.prompt_ids) for s in batch})
-    common = shared_prefix(prompts)
-    real = common + sum(len(p) - common for p in prompts) + sum(len(c) for _, c in rows)
-    padded = common + len(prompts) * (max(len(p) for p in prompts) - common) + len(rows) * max(len(c) for _, c in rows)
-    return real, padded
+    bucket = _Bucket(shared)
+    for s in batch:
+        bucket.add(s)
+    return bucket.cost()
+
+
+class _Bucket:
+    """Running totals of a micro-batch: ``bucket_cost`` with one more sample in O(its tokens).
+
+    ``shared``: the distinct prompts (their count, total and shortest/longest length, and
+    the prefix all of them share: the common prefix of a set is the shortest common prefix
+    of its first member with each other one) and the completions (count, total, longest).
+    Not shared: the (prompt + completion) rows' count, total and longest.
+    """
+
+    def __init__(self, shared: bool):
+        self.shared = shared
+        self.prompts: set[tuple[int, ...]] = set()  # distinct prompts (shared)
+        self.first: tuple[int, ...] = ()  # the first of them
+        self.totals = (0, 0, 0, 0, 0, 0, 0, 0)  # see _with
+
+    def add(self, s: Sample) -> None:
+        self.totals = self._with(s)
+        if self.shared:
+            self.first = self.first or tuple(s.prompt_ids)
+            self.prompts.add(tuple(s.prompt_ids))
+
+    def cost_with(self, s: Sample) -> tuple[int, int]:
+        """``bucket_cost`` of this bucket with ``s`` added (the bucket unchanged)."""
+        return self._cost(*self._with(s))
+
+    def cost(self) -> tuple[int, int]:
+        """``bucket_cost`` of this bucket."""
+        return self._cost(*self.totals)
+
+    def _with(self, s: Sample) -> tuple[int, ...]:
+        """The totals after adding ``s``: (distinct prompts, their common prefix before
+        ``shared_prefix``'s rules, shortest, longest, their tokens; rows, their tokens, the
+        widest) -- rows being completions (shared) or whole prompt + completion rows."""
+        distinct, common, shortest, longest, prompt_tokens, rows, row_tokens, widest = self.totals
+        own = completions(s)
+        prompt = tuple(s.prompt_ids)
+        if not self.shared:
+            return (0, 0, 0, 0, 0, rows + len(own), row_tokens + sum(len(prompt) + len(c) for c in own),
+                    max(widest, max(len(prompt) + len(c) for c in own)))
+        rows, row_tokens, widest = rows + len(own), row_tokens + sum(len(c) for c in own), \
+            max(widest, max(len(c) for c in own))
+        if prompt not in self.prompts:
+            if distinct:
+                common = min(common, len(os.path.commonprefix([self.first, prompt])))
+                shortest = min(shortest, len(prompt))
+            else:
+                common = shortest = len(prompt)
+            distinct, longest, prompt_tokens = distinct + 1, max(longest, len(prompt)), prompt_tokens + len(prompt)
+        return distinct, common, shortest, longest, prompt_tokens, rows, row_tokens, widest
+
+    def _cost(self, distinct, common, shortest, longest, prompt_tokens, rows, row_tokens, widest) -> tuple[int, int]:
+        if not self.shared:
+            return row_tokens, rows * widest
+        # shared_prefix's rules: two prompts at least, each keeps a token, MIN_SHARED_PREFIX or none
+        common = min(common, shortest - 1) if distinct > 1 else 0
+        common = common if common >= MIN_SHARED_PREFIX else 0
+        return (common + prompt_tokens - distinct * common + row_tokens,
+                common + distinct * (longest - common) + rows * widest)
 
 
 def policy_logprobs(model: Any, samples: Sequence[Sample], device, *, with_entropy: bool = False,

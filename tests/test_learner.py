@@ -157,3 +157,68 @@ def test_micro_batches_end_where_prompts_stop_sharing_a_header():
     buckets = micro_batches(batch, 10_000)  # budget enough for all: only the headers split them
     assert sorted(sorted(b) for b in buckets) == [list(range(12)), list(range(12, 24))]
     assert all(shared_prefix(list({batch[i].prompt_ids for i in b})) >= 30 for b in buckets)
+
+
+def reference_micro_batches(samples, max_tokens, shared=True):
+    """``micro_batches`` before it kept running totals: ``bucket_cost`` recomputed over the
+    whole bucket for every candidate (quadratic in a bucket's size)."""
+    def reference_cost(batch, shared=True):
+        rows = [(s.prompt_ids, c) for s in batch for c in (s.choice_ids or (s.completion_ids,))]
+        if not shared:
+            return sum(len(p) + len(c) for p, c in rows), len(rows) * max(len(p) + len(c) for p, c in rows)
+        prompts = list({tuple(s.prompt_ids) for s in batch})
+        common = shared_prefix(prompts)
+        real = common + sum(len(p) - common for p in prompts) + sum(len(c) for _, c in rows)
+        padded = common + len(prompts) * (max(len(p) for p in prompts) - common) + \
+            len(rows) * max(len(c) for _, c in rows)
+        return real, padded
+
+    def key(i):
+        s = samples[i]
+        return (s.prompt_ids, len(s.completion_ids)) if shared else (len(s.prompt_ids), s.prompt_ids,
+                                                                      len(s.completion_ids))
+
+    buckets, current, cost = [], [], 0
+    for i in sorted(range(len(samples)), key=key):
+        real, padded = reference_cost([samples[j] for j in current + [i]], shared)
+        alone = reference_cost([samples[i]], shared)[0]
+        if current and (padded > max_tokens or (shared and real - cost >= alone)):
+            buckets.append(current)
+            current, real = [], alone
+        current.append(i)
+        cost = real
+    if current:
+        buckets.append(current)
+    return buckets, [reference_cost([samples[i] for i in b], shared) for b in buckets]
+
+
+def random_batch(rng: random.Random) -> list[Sample]:
+    """Samples of a few games (each its own header, of random length, 0 to 40 tokens) over a
+    few prompts each (some a prefix of another), some identical, some choices, completions of
+    0 to 12 tokens."""
+    out = []
+    for _ in range(rng.randint(1, 3)):
+        header = [rng.randrange(5, 50) for _ in range(rng.randint(0, 40))]
+        prompts = [tuple(header + [rng.randrange(5, 50) for _ in range(rng.randint(1, 15))])
+                   for _ in range(rng.randint(1, 6))]
+        prompts += [p[:rng.randint(1, len(p))] for p in prompts if rng.random() < 0.3]  # one a prefix of another
+        for _ in range(rng.randint(1, 25)):
+            c = tuple(rng.randrange(5, 50) for _ in range(rng.randint(0, 12)))
+            choices = tuple({tuple(rng.randrange(5, 50) for _ in range(rng.randint(1, 3))) for _ in range(3)}) \
+                if rng.random() < 0.2 else ()
+            out.append(Sample(game="g", role="r", prompt_ids=rng.choice(prompts), completion_ids=choices[0] if choices
+                              else c, logprobs=(-1.0,) * len(c), advantage=0.0, choice_ids=choices))
+    rng.shuffle(out)
+    return out
+
+
+def test_incremental_micro_batches_make_the_old_algorithms_buckets():
+    rng = random.Random(18)
+    for _ in range(300):
+        batch = random_batch(rng)
+        budget = rng.choice([8, 30, 60, 120, 400, 10_000])
+        for shared in (True, False):
+            expected, costs = reference_micro_batches(batch, budget, shared)
+            buckets = micro_batches(batch, budget, shared)
+            assert buckets == expected, (budget, shared)
+            assert [bucket_cost([batch[i] for i in b], shared) for b in buckets] == costs
