@@ -56,6 +56,16 @@ LEADS = {  # question words a terse question is drawn to start with
     "math": ("How many", "In which year", "What was"),
     "mc": ("Who", "Where", "What", "Which"),
 }
+FACT_KIND = {"qa": "text", "math": "number"}  # the generator's fact kind a task's fact lead is drawn from
+
+
+def fact_lead(question: str) -> str:
+    """The start of a generator-written question that a fact lead keeps: its first two
+    thirds of words (at least two), so the questioner still finishes the question -- which
+    year, which entity -- and must find its answer in the text ("How many units did Kask
+    Mills sell in 2012?" -> "How many units did Kask Mills")."""
+    words = question.split()
+    return " ".join(words[:max(2, len(words) * 2 // 3)])
 
 
 def questioner(style: str, task: str, context: str, history: list[dict[str, Any]], letter: str,

@@ -62,6 +62,7 @@ GROUNDED = 0.1  # a grounding answer with a rule score >= this means "answerable
 CACHE_LOW, CACHE_HIGH = 0.01, 1.0  # data.use_cache.cached_lower / cached_higher
 AGREEMENT = (0.51, 0.99)  # self_verification.update_lower_bound / update_upper_bound
 MAPPINGS = ("gaussian", "reverse", "rzero")
+LEAD_STYLES = ("word", "fact")
 SHOWN_CHARS = 4000  # the document as the episode browser shows it
 
 
@@ -86,7 +87,7 @@ class Spell(Game):
                  history_size: int = 3, grounding: bool = True, mapping: str = "gaussian",
                  verifier_share: float = 0.125, held_out: int = 64, seed: int = 0,
                  questioner_tokens: int | None = None, responder_tokens: int | None = None,
-                 verifier_tokens: int | None = None, answer_in_text: bool = False):
+                 verifier_tokens: int | None = None, answer_in_text: bool = False, lead: str = "word"):
         """``responders`` (G), ``verifiers`` (J; 0: no self-verification, rule rewards
         only). ``tasks``: the task types drawn from (default: qa and math with terse
         prompts, all three with the paper's). ``prompts``: "terse" or "paper". ``corpus``:
@@ -101,7 +102,12 @@ class Spell(Game):
         1024/512/256). ``answer_in_text``: a qa/math record whose answer does not occur in
         the paragraphs the questioner was shown is a bad case (invalid, ``format_penalty``)
         and no responder is asked -- not SPELL's rule (off by default); for small models,
-        whose off-text answers are mostly made up."""
+        whose off-text answers are mostly made up. ``lead``: how a terse question starts --
+        "word", a drawn question word (the default); "fact", the first two thirds of a
+        question the generator wrote about one of the paragraphs shown (synthetic
+        documents, qa and math; a word where the paragraphs state no fact of the task's
+        kind). Not SPELL's rule: a scaffold for small models, whose own questions are
+        seldom about the text."""
         if prompts not in templates.STYLES:
             raise _error("prompts", prompts, f"valid: {', '.join(templates.STYLES)}")
         tasks = tuple(tasks) if tasks is not None else (("qa", "math") if prompts == "terse" else TASKS)
@@ -112,6 +118,10 @@ class Spell(Game):
                                      ("held_out", held_out, 1), ("documents", documents, 1)):
             if value < least:
                 raise _error(option, value, f"it must be >= {least}")
+        if lead not in LEAD_STYLES:
+            raise _error("lead", lead, f"valid: {', '.join(LEAD_STYLES)}")
+        if lead == "fact" and (prompts != "terse" or corpus):
+            raise _error("lead", lead, "a fact lead needs terse prompts and synthetic documents (no corpus)")
         if mapping not in MAPPINGS:
             raise _error("mapping", mapping, f"valid: {', '.join(MAPPINGS)}")
         if not 0.0 <= verifier_share:
@@ -121,7 +131,7 @@ class Spell(Game):
         self.responders, self.verifiers, self.tasks, self.style = responders, verifiers, tasks, prompts
         self.cluster, self.history_size, self.grounding, self.mapping = cluster, history_size, grounding, mapping
         self.verifier_share, self.held_out, self.paragraphs = verifier_share, held_out, paragraphs
-        self.answer_in_text = answer_in_text
+        self.answer_in_text, self.lead = answer_in_text, lead
         try:
             self.documents = load_corpus(corpus) if corpus else synthetic(documents, paragraphs, seed)
         except ValueError as exc:
@@ -164,6 +174,15 @@ class Spell(Game):
         rest = [i for i in range(len(document.paragraphs)) if i not in set(kept)]
         return sorted(kept + rng.sample(rest, min(self.cluster, len(rest))))
 
+    def question_start(self, document: Document, evidence: list[int], task: str, rng) -> str:
+        """What a terse question is made to start with (the ``lead`` option)."""
+        if self.lead == "fact":
+            kind = templates.FACT_KIND.get(task)
+            facts = [f for f in document.facts if f.paragraph in evidence and f.kind == kind]
+            if facts:
+                return templates.fact_lead(rng.choice(facts).question)
+        return rng.choice(templates.LEADS[task])
+
     # --- the episode ---------------------------------------------------------------------------
 
     async def play(self, table):
@@ -177,7 +196,7 @@ class Spell(Game):
         evidence = self.evidence(document, history, rng)
         context = document.text(evidence)
         prompt, lead = templates.questioner(self.style, task, context, history, letter,
-                                          rng.choice(templates.LEADS[task]))
+                                          self.question_start(document, evidence, task, rng))
         [q] = await table.ask("questioner", prompt, prefix=lead, **self._questioner_options(task))
         table.set_key(q, task)
         table.set_info(document=document.id, task=task, evidence=evidence, history=len(history),

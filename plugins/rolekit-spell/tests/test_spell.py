@@ -152,6 +152,23 @@ def test_with_answer_in_text_an_answer_the_questioner_was_not_shown_is_a_bad_cas
     assert e.logs["questioner/answer_in_text"] == 1.0
 
 
+def test_a_fact_lead_starts_the_question_from_a_fact_of_the_paragraphs_shown():
+    for task, kind in (("qa", "text"), ("math", "number")):
+        game = Spell(tasks=[task], responders=2, verifiers=0, documents=4, lead="fact", **BIG)
+        for e in run(game, scripted(question=' x?", "answer": "1"}'), seeds=range(6)):
+            [q] = roles(e, "questioner")
+            started = q.text[len(prompts.QUESTION_LEAD):].split(' x?"')[0]  # the game's start, then the reply
+            document = next(d for d in game.documents if d.id == e.info["document"])
+            from_facts = [f for f in document.facts if prompts.fact_lead(f.question) == started]
+            assert from_facts and all(f.kind == kind for f in from_facts), started
+            shown = [f.paragraph for f in from_facts if f.paragraph in e.info["evidence"]]
+            assert shown and document.paragraphs[shown[0]] in q.prompt.split("Text:\n")[1]
+            assert e.info["question"] == f"{started} x?"
+    assert prompts.fact_lead("How many units did Kask Mills sell in 2012?") == "How many units did Kask Mills"
+    assert prompts.fact_lead("Where was Mara Lind born?") == "Where was Mara"
+    assert prompts.fact_lead("Why?") == "Why?"
+
+
 def test_a_question_answerable_without_the_document_earns_minus_half():
     [e] = run(Spell(tasks=["math"], **BIG), scripted(grounding="12"))
     [q] = roles(e, "questioner")
@@ -254,6 +271,8 @@ def test_options_are_checked_by_name(tmp_path):
                             ({"responders": 0}, "option responders=0; it must be >= 1"),
                             ({"mapping": "flat"}, "option mapping='flat'"),
                             ({"paragraphs": 99}, "option paragraphs=99"),
+                            ({"lead": "noun"}, "option lead='noun'; valid: word, fact"),
+                            ({"lead": "fact", "prompts": "paper"}, "option lead='fact'; a fact lead needs terse"),
                             ({"corpus": str(tmp_path / "none")}, "option corpus=")):
         with pytest.raises(ValueError, match=f"game 'spell': {message}"):
             Spell(**kwargs)
