@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate on Ray rollout workers: 'auto' or HOST:PORT joins a running cluster, 'local' "
                         "starts one (sets distributed.ray_address; the distributed extra)")
     p.set_defaults(func=cmd_train)
-    from rolekit import evaluate, play, report  # noqa: E402 (subcommands defined in their own modules)
+    from rolekit import evaluate, export, play, report, scaffold  # noqa: E402 (subcommands defined in their own modules)
     evaluate.add_parser(sub), play.add_parser(sub), report.add_parser(sub)
+    export.add_parser(sub), scaffold.add_parser(sub)
     return parser
 
 

@@ -145,6 +145,56 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+# --- plugin-API compatibility ------------------------------------------------------------
+#
+# While rolekit is 0.x its minor version is the plugin API: hooks and the Table, Game and
+# registry APIs plugins use may change between 0.1 and 0.2, never within 0.1.z (from 1.0,
+# the major version). A plugin declares the kernels it is built for as its dependency on
+# rolekit (``dependencies = ["rolekit>=0.1,<0.2"]``, what ``rolekit new-plugin`` writes);
+# pip enforces that at install time, and the kernel again at load time, which catches
+# ``--no-deps`` installs and a rolekit upgraded under installed plugins.
+
+
+def kernel_version() -> str:
+    """This rolekit's version (the installed distribution's, else ``rolekit.__version__``)."""
+    import rolekit
+
+    return _version("rolekit") or rolekit.__version__
+
+
+def kernel_range(version: str | None = None) -> str:
+    """The requirement specifier of the kernels compatible with ``version`` (this one's by
+    default): ``>=0.1,<0.2`` for 0.1.z, ``>=1.2,<2`` for 1.2.z."""
+    from packaging.version import Version
+
+    v = Version(version or kernel_version())
+    upper = f"{v.major}.{v.minor + 1}" if v.major == 0 else f"{v.major + 1}"
+    return f">={v.major}.{v.minor},<{upper}"
+
+
+def incompatible(dist: importlib.metadata.Distribution | None, version: str | None = None) -> str | None:
+    """Why the plugin distribution ``dist`` cannot run on this kernel (its ``rolekit``
+    requirement excludes ``version``, this kernel's by default), or None. A plugin that
+    names no range, or a malformed one, is loaded (the range is for the kernel to check, not
+    a gate on old plugins)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if dist is None:
+        return None
+    version = version or kernel_version()
+    for line in dist.requires or ():
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.name.lower() != "rolekit" or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+            continue
+        if req.specifier and not req.specifier.contains(version, prereleases=True):
+            return (f"is built for rolekit{req.specifier} but this is rolekit {version} (install a "
+                    f"{dist.metadata['Name']} release built for rolekit{kernel_range(version)})")
+    return None
+
+
 class Kernel:
     """The loaded plugins: one typed method or registry per hook (the engine never calls pluggy)."""
 
@@ -222,6 +272,11 @@ class Kernel:
             if self.pm.is_blocked(ep.name) or self.pm.has_plugin(ep.name):
                 continue
             version = ep.dist.version if ep.dist else None
+            problem = incompatible(ep.dist)
+            if problem is not None:  # built for another kernel: reported by name, never imported
+                self.info[ep.name] = PluginInfo(ep.name, version, ep.value, error=problem)
+                print(f"rolekit: plugin {ep.name!r} ({ep.value}) {problem}; it was not loaded", file=sys.stderr)
+                continue
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin is reported by name and skipped

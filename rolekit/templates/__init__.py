@@ -1,0 +1,1 @@
+"""Package data: the plugin template ``rolekit new-plugin`` fills in (see ``rolekit.scaffold``)."""
