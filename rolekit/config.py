@@ -140,8 +140,8 @@ class LoggingConfig:
 
 @attrs.frozen
 class DistributedConfig:
-    """Rollouts across Ray workers (``rolekit.distributed``). The learner goes data-parallel by
-    being launched with torchrun, not by a key here."""
+    """Rollouts across Ray workers and the learner's ranks (``rolekit.distributed``). The
+    learner goes data-parallel by being launched with torchrun, not by a key here."""
 
     # None: generate in this process (no Ray); "local": start a Ray cluster here; "auto" or
     # "HOST:PORT": join a running one (`ray start --head`); also `rolekit train --ray-address`
@@ -150,6 +150,9 @@ class DistributedConfig:
     worker_cpus: float = attrs.field(default=1.0, validator=_positive)  # CPUs Ray reserves per worker (and the torch threads it runs)
     worker_gpus: float = attrs.field(default=0.0, validator=_non_negative)  # GPUs per worker (a fraction shares one)
     num_cpus: int | None = None  # ray_address = "local": CPUs the started cluster offers (None: all of them)
+    # under torchrun: "ddp", every rank holds the whole AdamW state; "zero", each rank holds
+    # 1/N of it and of the summed gradient (ZeRO stage 2; the weights stay whole on every rank)
+    learner: str = attrs.field(default="ddp", validator=attrs.validators.in_(("ddp", "zero")))
 
 
 @attrs.frozen

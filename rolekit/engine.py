@@ -286,8 +286,10 @@ class Trainer:
                 self.route[(i, role)] = label
         from rolekit.distributed.learner import DataParallel  # torch.distributed only; no Ray
 
-        self.data_parallel = DataParallel.from_env(self.policy.device)  # None unless launched by torchrun
-        self.learner = Learner(self.policy.model, list(self.policy.params.values()), alg,
+        # None unless launched by torchrun; distributed.learner: "ddp" or "zero" (AdamW's state sharded)
+        self.data_parallel = DataParallel.from_env(self.policy.device, config.distributed.learner)
+        learner = Learner if self.data_parallel is None else self.data_parallel.learner_class
+        self.learner = learner(self.policy.model, list(self.policy.params.values()), alg,
                                device=self.policy.device, reference=self.policy.reference,
                                data_parallel=self.data_parallel)
         self.scripted = {}

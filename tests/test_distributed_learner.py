@@ -1,6 +1,9 @@
 """The data-parallel learner: 2 real gloo processes launched by torchrun take the step one
-process takes on the same batch; ``rolekit train`` under torchrun trains as a plain run does."""
+process takes on the same batch, whole ("ddp") or with AdamW's state sharded ("zero"); the
+sharded learner's checkpoint is one process's and resumes in either; ``rolekit train`` under
+torchrun trains as a plain run does."""
 
+import copy
 import json
 import os
 import pickle
@@ -23,33 +26,53 @@ from rolekit.types import Sample
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
-# (name, learner options, LoRA?): one micro-batch per sample (every sample's forward pass is
-# then the same computation in one process and in two), and the default micro-batches.
+# (name, learner options, LoRA?, distributed.learner): one micro-batch per sample (every
+# sample's forward pass is then the same computation in one process and in two), and the
+# default micro-batches.
 SETUPS = [
-    ("lora", dict(lr=1e-3, ppo_epochs=2, micro_batch_tokens=1), True),
-    ("full", dict(lr=1e-3, micro_batch_tokens=1, entropy_coef=0.1), False),
-    ("lora-buckets", dict(lr=1e-3), True),
+    ("lora", dict(lr=1e-3, ppo_epochs=2, micro_batch_tokens=1), True, "ddp"),
+    ("full", dict(lr=1e-3, micro_batch_tokens=1, entropy_coef=0.1), False, "ddp"),
+    ("lora-buckets", dict(lr=1e-3), True, "ddp"),
+    ("zero-lora", dict(lr=1e-3, ppo_epochs=2, micro_batch_tokens=1), True, "zero"),
+    ("zero-full", dict(lr=1e-3, micro_batch_tokens=1, entropy_coef=0.1), False, "zero"),
 ]
 
 WORKER = textwrap.dedent("""
-    import pickle, sys, torch
-    from rolekit.distributed.learner import DataParallel
+    import copy, pickle, sys, torch
+    import torch.distributed as dist
+    from rolekit.distributed.learner import DataParallel, serve
     sys.path.insert(0, sys.argv[1])
-    from test_distributed_learner import SETUPS, build
+    from test_distributed_learner import SETUPS, build, whole, gradients, state_numel
 
     data = pickle.load(open(sys.argv[2], "rb"))
-    dp = DataParallel.from_env()
     out = {}
-    for name, options, lora in SETUPS:
+    for name, options, lora, mode in [s for s in SETUPS if s[3] == sys.argv[4]]:
+        dp = DataParallel.from_env(learner=mode)
         learner = build(options, lora, seed=1 + dp.rank, data_parallel=dp)  # a different init per rank
+        state = None
         if dp.rank == 0:
             learner.step(data, 8)
+            state = learner.state_dict()  # a checkpoint's optimizer state: rank 0 asks, rank 1 joins
             dp.stop()
         else:
-            while (message := dp.receive()) is not None:
-                learner.step(*message)
-        out[name] = {"weights": [p.detach().clone() for p in learner.params],
-                     "grads": [p.grad.clone() for p in learner.params], "shard": len(dp.shard(data))}
+            serve(learner)
+        out[name] = {"weights": [p.detach().clone() for p in whole(learner)], "grads": gradients(learner),
+                     "shard": len(dp.shard(data)), "state": state, "state_numel": state_numel(learner)}
+        if mode == "zero":  # resume from that checkpoint: weights and AdamW state loaded, then a second step
+            box = [(out[name]["weights"], state)]
+            dist.broadcast_object_list(box, src=0)
+            weights, state = box[0]
+            again = build(options, lora, seed=7 + dp.rank, data_parallel=dp)
+            with torch.no_grad():
+                for p, w in zip(whole(again), weights):
+                    p.copy_(w)
+            again.load_state_dict(copy.deepcopy(state))  # AdamW keeps the loaded 'step' tensors and counts on
+            if dp.rank == 0:
+                again.step(data, 8)
+                dp.stop()
+            else:
+                serve(again)
+            out[name]["resumed"] = [p.detach().clone() for p in whole(again)]
     torch.save(out, f"{sys.argv[3]}/rank{dp.rank}.pt")
 """)
 
@@ -64,7 +87,29 @@ def build(options, lora, seed, data_parallel=None):
     else:
         model.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    return Learner(model, params, AlgorithmConfig(**options), device="cpu", data_parallel=data_parallel)
+    learner = Learner if data_parallel is None else data_parallel.learner_class
+    return learner(model, params, AlgorithmConfig(**options), device="cpu", data_parallel=data_parallel)
+
+
+def whole(learner):
+    """The model's trained parameters (a sharded learner's own ``params`` are its slices)."""
+    return getattr(learner.data_parallel, "whole", None) or learner.params
+
+
+def gradients(learner):
+    """The learner's last gradients, whole (a sharded learner's are gathered: every rank calls this)."""
+    from torch.distributed.tensor import DTensor
+
+    return [(p.grad.full_tensor().view_as(w) if isinstance(p.grad, DTensor) else p.grad.clone())
+            for p, w in zip(learner.params, whole(learner))]
+
+
+def state_numel(learner):
+    """Elements of AdamW's moments this process holds."""
+    from torch.distributed.tensor import DTensor
+
+    return sum((v.to_local() if isinstance(v, DTensor) else v).numel()
+               for entries in learner.optimizer.state.values() for k, v in entries.items() if k != "step")
 
 
 def batch(n=11):
@@ -84,42 +129,101 @@ def batch(n=11):
     return out
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """What each of 2 torchrun ranks holds after its learner steps (one launch for every setup)."""
-    tmp = tmp_path_factory.mktemp("ddp")
+def launch(tmp, mode):
+    """What each of 2 torchrun ranks holds after its learner steps, for every setup of ``mode`` (one launch)."""
     (tmp / "worker.py").write_text(WORKER)
     data = tmp / "batch.pkl"
     data.write_bytes(pickle.dumps(batch()))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([*TORCHRUN, str(tmp / "worker.py"), str(Path(__file__).parent), str(data), str(tmp)],
+    run = subprocess.run([*TORCHRUN, str(tmp / "worker.py"), str(Path(__file__).parent), str(data), str(tmp), mode],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
 
 
-@pytest.mark.parametrize("setup", SETUPS, ids=[s[0] for s in SETUPS])
-def test_two_gloo_ranks_take_the_step_one_process_takes(two_ranks, setup):
-    name, options, lora = setup
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    return launch(tmp_path_factory.mktemp("ddp"), "ddp")
+
+
+@pytest.fixture(scope="module")
+def two_sharded_ranks(tmp_path_factory):
+    return launch(tmp_path_factory.mktemp("zero"), "zero")
+
+
+def assert_same_step(alone, weights, lr):
+    """``weights`` took the step ``alone`` took. AdamW's first step moves a weight by
+    lr * g / (|g| + 1e-8): the ~1e-9 rounding of a sum taken in another order moves a weight
+    whose gradient is ~1e-10 by up to ~0.1 lr (and, with two PPO epochs, the second epoch's
+    gradients a little); every weight with a well-determined gradient (|g| > 1e-5) takes the
+    same step to 1 % of lr -- a lost or doubled shard moves most by ~lr."""
+    diff = torch.cat([(w - p.detach()).abs().flatten() for p, w in zip(alone.params, weights)])
+    grad = torch.cat([p.grad.abs().flatten() for p in alone.params])
+    assert diff.max().item() < 0.1 * lr
+    assert diff[grad > 1e-5].max().item() < 0.01 * lr
+
+
+@pytest.mark.parametrize("setup", [pytest.param(s, marks=[pytest.mark.slow] if s[3] == "zero" else [])
+                                   for s in SETUPS], ids=[s[0] for s in SETUPS])
+def test_two_gloo_ranks_take_the_step_one_process_takes(request, setup):
+    name, options, lora, mode = setup
+    ranks = request.getfixturevalue("two_sharded_ranks" if mode == "zero" else "two_ranks")
     alone = build(options, lora, seed=1)
     initial = [p.detach().clone() for p in alone.params]
     alone.step(batch(), 8)
-    rank0, rank1 = two_ranks[0][name], two_ranks[1][name]
+    rank0, rank1 = ranks[0][name], ranks[1][name]
     assert rank0["shard"] > 0 and rank1["shard"] > 0 and rank0["shard"] + rank1["shard"] == len(batch())
     for a, b in zip(rank0["weights"], rank1["weights"]):  # one reduced gradient, one AdamW step: bitwise equal
         assert torch.equal(a, b)
     for p, g in zip(alone.params, rank0["grads"]):
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-8)  # the summed shards' gradient is the batch's
-    # AdamW's first step moves a weight by lr * g / (|g| + 1e-8): the ~1e-9 rounding of a sum taken
-    # in another order moves a weight whose gradient is ~1e-10 by up to ~0.1 lr (and, with two PPO
-    # epochs, the second epoch's gradients a little); every weight with a well-determined gradient
-    # (|g| > 1e-5) takes the same step to 1 % of lr -- a lost or doubled shard moves most by ~lr
-    diff = torch.cat([(w - p.detach()).abs().flatten() for p, w in zip(alone.params, rank0["weights"])])
-    grad = torch.cat([p.grad.abs().flatten() for p in alone.params])
-    assert diff.max().item() < 0.1 * options["lr"]
-    assert diff[grad > 1e-5].max().item() < 0.01 * options["lr"]
+    assert_same_step(alone, rank0["weights"], options["lr"])
     moved = max((p.detach() - before).abs().max().item() for p, before in zip(alone.params, initial))
     assert moved > 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", [s for s in SETUPS if s[3] == "zero"], ids=lambda s: s[0])
+def test_zero_shards_adamw_and_checkpoints_as_one_process(two_sharded_ranks, setup):
+    """Each rank holds half of AdamW's moments; rank 0's checkpoint state is one process's
+    (same keys, shapes and values), loads into one process, and resumes on 2 sharded ranks:
+    both take the second step one process takes from there."""
+    name, options, lora, _ = setup
+    data = batch()
+    alone = build(options, lora, seed=1)
+    alone.step(data, 8)
+    expected = alone.state_dict()
+    rank0, rank1 = two_sharded_ranks[0][name], two_sharded_ranks[1][name]
+    total = state_numel(alone)
+    assert rank0["state_numel"] + rank1["state_numel"] == total  # every moment element on one rank ...
+    assert max(rank0["state_numel"], rank1["state_numel"]) <= total // 2 + 2 * len(alone.params)  # ... a half each
+    state = rank0["state"]
+    assert state["param_groups"] == expected["param_groups"]
+    assert state["state"].keys() == expected["state"].keys()
+    for i, entries in expected["state"].items():
+        assert state["state"][i].keys() == entries.keys()
+        assert torch.equal(state["state"][i]["step"], entries["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            got, want = state["state"][i][key], entries[key]
+            assert type(got) is torch.Tensor and got.shape == want.shape  # whole, not this rank's slice
+            assert torch.allclose(got, want, rtol=1e-3, atol=1e-9), (i, key)
+
+    def second_step(optimizer_state):
+        """One process from the 2 ranks' weights after the first step and ``optimizer_state``, one more step."""
+        learner = build(options, lora, seed=5)
+        with torch.no_grad():
+            for p, w in zip(learner.params, rank0["weights"]):
+                p.copy_(w)
+        learner.load_state_dict(copy.deepcopy(optimizer_state))
+        learner.step(data, 8)
+        return learner
+
+    reference = second_step(expected)  # one process's own optimizer state ...
+    assert_same_step(reference, [p.detach() for p in second_step(state).params], options["lr"])  # ... or theirs
+    for a, b in zip(rank0["resumed"], rank1["resumed"]):  # and the 2 sharded ranks, resumed from their checkpoint
+        assert torch.equal(a, b)
+    assert_same_step(reference, rank0["resumed"], options["lr"])
+    assert max((a - b).abs().max().item() for a, b in zip(rank0["resumed"], rank0["weights"])) > 1e-4
 
 
 def test_one_shard_alone_is_not_the_batch():

@@ -18,9 +18,11 @@ LM head separately (``backends.hf.split_model``, so the (B, L, V) logits are nev
 and DDP arms its reducer only in the wrapper's own ``forward``. One flat all-reduce per
 dtype after the backward passes is what DDP does, without overlapping it with them.
 
+``distributed.learner = "zero"`` (:mod:`.zero`) keeps the same protocol and splits AdamW's
+state and the summed gradient across the ranks instead of holding them whole on each.
+
 Backends: gloo on the CPU, NCCL on CUDA (each rank on ``cuda:LOCAL_RANK``). Only gloo with
-2 CPU processes has been run (this repository's machine has no GPU). FSDP (models that do
-not fit one device) is not written.
+2 CPU processes has been run (this repository's machine has no GPU).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rolekit.learner import completions
+from rolekit.learner import Learner, completions
 from rolekit.types import Sample
 
 
@@ -41,10 +43,18 @@ class DataParallel:
     def __init__(self, rank: int, world_size: int):
         self.rank, self.world_size = rank, world_size
 
-    @classmethod
-    def from_env(cls, device: Any = "cpu") -> "DataParallel | None":
+    @property
+    def learner_class(self) -> type:
+        """The learner these ranks run: every rank holds the whole optimizer state."""
+        return Learner
+
+    @staticmethod
+    def from_env(device: Any = "cpu", learner: str = "ddp") -> "DataParallel | None":
         """The group torchrun started this process in (joined on first call: gloo on the CPU,
-        NCCL on CUDA), or None in a plain run (``WORLD_SIZE`` unset or 1)."""
+        NCCL on CUDA), or None in a plain run (``WORLD_SIZE`` unset or 1). ``learner``
+        (``distributed.learner``): "ddp" or "zero" (a :class:`.zero.ShardedDataParallel`)."""
+        if learner not in ("ddp", "zero"):
+            raise ValueError(f"distributed.learner must be 'ddp' or 'zero', got {learner!r}")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return None
@@ -55,23 +65,29 @@ class DataParallel:
             if cuda:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group("nccl" if cuda else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
+        if learner == "zero":
+            from rolekit.distributed.zero import ShardedDataParallel
+
+            return ShardedDataParallel(dist.get_rank(), dist.get_world_size(), device)
+        return DataParallel(dist.get_rank(), dist.get_world_size())
 
     # --- the batch ----------------------------------------------------------------------
 
     def publish(self, samples: Sequence[Sample], max_new_tokens: int) -> list[Sample]:
-        """Rank 0: send the step's batch to the other ranks (waiting in :meth:`receive`).
+        """Rank 0: send the step's batch to the other ranks (waiting in :func:`serve`).
         The others already hold it; every rank gets the batch back."""
         if self.rank == 0:
-            _broadcast((list(samples), max_new_tokens))
+            _broadcast(("step", list(samples), max_new_tokens))
         return list(samples)
 
-    def receive(self) -> tuple[list[Sample], int] | None:
-        """Ranks > 0: the next (batch, max_new_tokens) rank 0 publishes, or None when it stops."""
-        return _broadcast(None)
+    def request_state(self) -> None:
+        """Rank 0: ask the other ranks (waiting in :func:`serve`) to call their learner's
+        ``state_dict`` with it, for a learner whose state is gathered across ranks."""
+        if self.rank == 0:
+            _broadcast(("state",))
 
     def stop(self) -> None:
-        """Rank 0: tell the other ranks the run is over (their :func:`follow` returns)."""
+        """Rank 0: tell the other ranks the run is over (their :func:`serve` returns)."""
         if self.rank == 0:
             _broadcast(None)
 
@@ -150,11 +166,21 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def serve(learner) -> None:
+    """Ranks > 0: take each batch rank 0 publishes (``learner.step``) and join each gathered
+    ``learner.state_dict`` it asks for, until it stops."""
+    while (message := _broadcast(None)) is not None:
+        kind, *args = message
+        if kind == "step":
+            learner.step(*args)
+        elif kind == "state":
+            learner.state_dict()
+        else:
+            raise ValueError(f"rank {learner.data_parallel.rank}: unknown message {kind!r} from rank 0")
+
+
 def follow(trainer) -> None:
     """What ranks > 0 of a torchrun launch do: build the same Trainer (model, optimizer, resumed
-    state), then train each batch rank 0 publishes, until it stops. They play no episodes and
+    state), then :func:`serve` its learner until rank 0 stops. They play no episodes and
     write nothing."""
-    data_parallel = trainer.data_parallel
-    while (message := data_parallel.receive()) is not None:
-        samples, max_new_tokens = message
-        trainer.learner.step(samples, max_new_tokens)
+    serve(trainer.learner)
