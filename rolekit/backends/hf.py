@@ -1,7 +1,20 @@
-"""The ``hf`` backend: transformers ``generate`` on left-padded batches (CPU or CUDA).
+"""The ``hf`` backend: generation with a transformers model's KV cache (CPU or CUDA).
 
-Requests are grouped by sampling parameters, sorted by prompt length (so a batch
-wastes little padding), cut into batches, and generated with the KV cache. Sampling
+Requests are grouped by sampling parameters, sorted, cut into batches, and generated in
+one of two ways (``share_prefill``, chosen by :func:`share_prefill` unless set):
+
+* shared (``HFBackend._decode_batch``, the default on the CPU): a decode loop of rolekit's
+  own runs each distinct prompt of a batch once and the batch's common header once
+  (:func:`run_prompts`, as scoring and the learner do), repeats the KV cache rows for the
+  requests that share a prompt (GRPO's n answers), and drops a row from the batch when it
+  stops. Requests are sorted by prompt tokens, so those sharing a prompt or a header meet.
+* ``generate`` (``HFBackend._generate_batch``): transformers' ``generate`` on left-padded
+  batches sorted by prompt length (so a batch wastes little padding); every request's
+  prompt runs in full, and a stopped row decodes padding until the batch ends.
+
+Both choose tokens the same way from the same logits: the same tokens under greedy
+decoding and seeded sampling, the same draws from the global RNG until a row stops
+(tests/test_backend_hf_shared.py). Sampling
 draws from the global torch RNG, so ``torch.manual_seed`` makes a run reproducible
 (for the same requests in the same order and batch limits). A request with a ``seed``
 samples from its own generator instead (:class:`SeededSampler`): its tokens then do not
@@ -132,6 +145,18 @@ def share_prompts(device: Any, full_tokens: int, shared_tokens: int) -> bool:
     it saves at least a quarter of the tokens.
     """
     return torch.device(device).type == "cpu" and shared_tokens <= 0.75 * full_tokens
+
+
+def share_prefill(device: Any) -> bool:
+    """Generate with prompts shared (``HFBackend._decode_batch``: each distinct prompt and a
+    batch's header prefilled once, stopped rows dropped) rather than transformers' ``generate``?
+
+    Measured on 2 CPU cores (BENCHMARKS.md, bench/rollout.py and bench/vs_trl.py --before):
+    faster on every workload there, so yes on the CPU. On a GPU not measured yet (no GPU was
+    lent): ``generate`` stays, as ``share_prompts`` found its extra passes cost more than the
+    tokens they save on an H200.
+    """
+    return torch.device(device).type == "cpu"
 
 
 MIN_SHARED_PREFIX = 16  # tokens: a shorter common prefix is not worth its own pass
@@ -372,9 +397,11 @@ class HFBackend:
 
     ``tokenizer`` is a Hugging Face tokenizer or a :class:`ChatTokenizer`; it supplies
     the end-of-turn ids (generation stops at any of them) and the pad id.
-    ``max_batch_size`` caps sequences per ``model.generate`` call and
+    ``max_batch_size`` caps sequences per generation batch and
     ``max_batch_tokens`` (optional) caps batch size × (longest prompt + max_new_tokens).
-    ``calls`` counts ``model.generate`` calls and ``tokens_generated`` the tokens
+    ``share_prefill``: generate with prompts shared (True), with transformers' ``generate``
+    (False), or as :func:`share_prefill` decides for the device (None; see the module doc).
+    ``calls`` counts generation batches and ``tokens_generated`` the tokens
     returned. ``autocast_bf16``: generate and score under bf16 autocast (None: on CUDA,
     where the trained model may hold fp32 master weights; see :func:`autocast`).
     """
@@ -382,10 +409,11 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32, max_batch_tokens: int | None = None,
-                 autocast_bf16: bool | None = None):
+                 autocast_bf16: bool | None = None, share_prefill: bool | None = None):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.model = model
+        self.share_prefill = share_prefill
         self.autocast_bf16 = autocast_bf16
         self.chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
         self.max_batch_size = max_batch_size
@@ -403,12 +431,14 @@ class HFBackend:
 
     # ------------------------------------------------------------------ batching
 
-    def _batches(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+    def _batches(self, requests: Sequence[GenerationRequest], by_tokens: bool = False) -> list[list[int]]:
         """Indices of ``requests``, grouped by sampling parameters, sorted by prompt
-        length, and cut to the batch limits."""
+        length (``by_tokens``: by prompt tokens, so that requests sharing a prompt or a
+        header land in one batch), and cut to the batch limits."""
         key = lambda i: (requests[i].temperature, requests[i].top_p, requests[i].top_k,  # noqa: E731
                          tuple(sorted(requests[i].stop_ids)), requests[i].seed is not None)
-        order = sorted(range(len(requests)), key=lambda i: (key(i), len(requests[i].prompt_ids)))
+        order = sorted(range(len(requests)), key=lambda i: (key(i), tuple(requests[i].prompt_ids) if by_tokens
+                                                            else len(requests[i].prompt_ids)))
         batches: list[list[int]] = []
         for _, group in itertools.groupby(order, key=key):
             batch: list[int] = []
@@ -424,6 +454,8 @@ class HFBackend:
                     batch = candidate
             if batch:
                 batches.append(batch)
+        if by_tokens:  # rows in the order of the other sort: a batch draws from the global RNG as generate's would
+            batches = [sorted(b, key=lambda i: (len(requests[i].prompt_ids), i)) for b in batches]
         return batches
 
     # ------------------------------------------------------------------ generation
@@ -437,8 +469,12 @@ class HFBackend:
             else:
                 todo.append(i)
         live = [requests[i] for i in todo]
-        for batch in self._batches(live):
-            for j, generation in zip(batch, self._generate_batch([live[j] for j in batch])):
+        share = self.share_prefill
+        if share is None:
+            share = share_prefill(next(self.model.parameters()).device)
+        run = self._decode_batch if share else self._generate_batch
+        for batch in self._batches(live, by_tokens=share):
+            for j, generation in zip(batch, run([live[j] for j in batch])):
                 results[todo[j]] = generation
         return results  # type: ignore[return-value]
 
@@ -516,4 +552,95 @@ class HFBackend:
                     break
             self.tokens_generated += len(ids)
             generations.append(Generation(completion_ids=ids, logprobs=logprobs[row][: len(ids)], finish_reason=finish))
+        return generations
+
+    @torch.inference_mode()
+    def _decode_batch(self, batch: Sequence[GenerationRequest]) -> list[Generation]:
+        """``_generate_batch``'s result by a decode loop of its own that shares prompts.
+
+        Each distinct prompt of the batch runs once, and the batch's common header once
+        (:func:`run_prompts`, as scoring and the learner run them); the KV cache rows are then
+        repeated for the requests that share a prompt (GRPO's n answers to one ask) and decoding
+        goes on one token per row per step. A row that stops (an end-of-turn or stop id, or its
+        own ``max_new_tokens``) leaves the batch and its cache row is dropped.
+
+        Tokens are chosen as ``generate`` chooses them: argmax (greedy), :class:`SeededSampler`
+        (seeded requests: the same tokens as ``generate``), or transformers' temperature, top-k
+        and top-p warpers then ``torch.multinomial`` over the rows still running (the same
+        distribution; the same draws as ``generate`` until a row stops). Logprobs as there.
+        """
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        model = self.model
+        device = next(model.parameters()).device
+        first = batch[0]
+        greedy = first.temperature <= 0
+        temperature = 1.0 if greedy else float(first.temperature)
+        seeded = not greedy and first.seed is not None
+        sampler = SeededSampler([r.seed for r in batch], temperature=temperature, top_p=float(first.top_p),
+                                top_k=int(first.top_k)) if seeded else None
+        warpers = LogitsProcessorList()
+        if not greedy and not seeded:
+            if temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(temperature))
+            if first.top_k:
+                warpers.append(TopKLogitsWarper(top_k=int(first.top_k)))
+            if first.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(top_p=float(first.top_p)))
+        stops = [self.chat.eos_ids | r.stop_ids for r in batch]
+        prompts = list(dict.fromkeys(tuple(r.prompt_ids) for r in batch))  # distinct, in first-seen order
+        row_of = {p: k for k, p in enumerate(prompts)}
+        index = torch.tensor([row_of[tuple(r.prompt_ids)] for r in batch], dtype=torch.long)  # (B,) request -> prompt
+
+        decoder, head = split_model(model)
+        alive = list(range(len(batch)))  # requests still decoding, in cache-row order
+        ids: list[list[int]] = [[] for _ in batch]
+        logps: list[list[float]] = [[] for _ in batch]
+        was_training = model.training
+        model.eval()
+        try:
+            with autocast(device, self.autocast_bf16):
+                prompt_pass = run_prompts(decoder, prompts, device, use_cache=True, pad_id=self.chat.pad_id)
+                cache = prompt_pass.cache
+                cache.reorder_cache(index.to(device))  # (P, W) -> (B, W): one row per request
+                mask = prompt_pass.mask[index].to(device)  # (B, W)
+                positions = prompt_pass.lengths[index].to(device)  # (B,) the next token's position
+                logits = head(prompt_pass.last)[index.to(device)].float()  # (B, V)
+                for _ in range(max(r.max_new_tokens for r in batch)):
+                    if sampler is not None:
+                        chosen = sampler(None, logits).argmax(-1)
+                    elif greedy:
+                        chosen = logits.argmax(-1)
+                    else:
+                        chosen = torch.multinomial(torch.softmax(warpers(None, logits), dim=-1), num_samples=1)[:, 0]
+                    logp = torch.log_softmax(logits / temperature, dim=-1).gather(-1, chosen[:, None])[:, 0]
+                    keep = []
+                    for row, (i, token, value) in enumerate(zip(alive, chosen.tolist(), logp.tolist())):
+                        ids[i].append(token)
+                        logps[i].append(value)
+                        if token not in stops[i] and len(ids[i]) < batch[i].max_new_tokens:
+                            keep.append(row)
+                    if not keep:
+                        break
+                    if len(keep) < len(alive):  # rows that stopped leave the batch
+                        rows = torch.tensor(keep, dtype=torch.long, device=device)
+                        cache.reorder_cache(rows)
+                        mask, positions, chosen = mask[rows], positions[rows], chosen[rows]
+                        alive = [alive[row] for row in keep]
+                        if sampler is not None:
+                            sampler.generators = [sampler.generators[row] for row in keep]
+                    mask = torch.cat([mask, mask.new_ones((len(alive), 1))], 1)  # (B', W + t)
+                    hidden = decoder(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions[:, None],
+                                     use_cache=True, **{CACHE_KWARG: cache}).last_hidden_state  # (B', 1, H)
+                    positions = positions + 1
+                    logits = head(hidden[:, -1]).float()  # (B', V)
+        finally:
+            model.train(was_training)
+        self.calls += 1
+
+        generations = []
+        for i, request in enumerate(batch):
+            finish = "stop" if ids[i] and ids[i][-1] in stops[i] else "length"
+            self.tokens_generated += len(ids[i])
+            generations.append(Generation(completion_ids=ids[i], logprobs=logps[i], finish_reason=finish))
         return generations
