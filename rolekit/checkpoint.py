@@ -3,6 +3,10 @@
 A checkpoint is written into a temporary directory beside its final place, every file
 is fsynced, and only then is the directory renamed to ``step-N``: a crash or a kill
 during a save leaves the previous checkpoints intact and never a half-written one.
+
+Beside the newest ``step-N`` directories a run keeps ``best`` (``checkpoint.keep_best``):
+the checkpoint whose evaluation scored best on one metric, never pruned, rewritten only
+when an evaluation beats it. ``rolekit eval --policy RUN`` evaluates it by default.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from typing import Any, Callable
 import torch
 
 STATE_FILE = "trainer_state.pt"
+INFO_FILE = "rolekit.json"
+BEST = "best"
+LOWER_IS_BETTER = ("exploitability", "loss", "invalid")  # metric names minimised by keep_best
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -61,8 +68,11 @@ def atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
 
 
 def save(root: Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any], *, model_name: str,
-         keep: int | None = None) -> Path:
-    """Write ``root/step-N`` (model or adapter, tokenizer, trainer state); prune to ``keep`` newest."""
+         keep: int | None = None, name: str | None = None, info: dict[str, Any] | None = None) -> Path:
+    """Write ``root/step-N`` (model or adapter, tokenizer, trainer state); prune to ``keep`` newest.
+
+    ``name``: write ``root/NAME`` instead (``best``); ``info``: more to record in its
+    ``rolekit.json`` (the best checkpoint's metric and value)."""
 
     def write(tmp: Path) -> None:
         if hasattr(model, "peft_config"):  # an adapter: don't let peft look the base up on a hub
@@ -76,11 +86,11 @@ def save(root: Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any
             data["base_model_name_or_path"] = model_name
             adapter_config.write_text(json.dumps(data, indent=2))
         torch.save(state, tmp / STATE_FILE)
-        (tmp / "rolekit.json").write_text(json.dumps({"step": step, "model": model_name}, indent=2))
+        (tmp / INFO_FILE).write_text(json.dumps({"step": step, "model": model_name, **(info or {})}, indent=2))
 
-    for stale in root.glob(".tmp-step-*") if root.exists() else ():
+    for stale in root.glob(".tmp-*") if root.exists() else ():
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed save
-    path = atomic_dir(root / f"step-{step}", write)
+    path = atomic_dir(root / (name or f"step-{step}"), write)
     if keep is not None:
         for old in checkpoints(root)[:-keep]:
             shutil.rmtree(old)
@@ -106,3 +116,70 @@ def latest(path: Path) -> Path | None:
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(Path(checkpoint) / STATE_FILE, weights_only=False)
+
+
+def info(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's ``rolekit.json`` (step, model, and for ``best`` its metric); {} if absent."""
+    path = Path(checkpoint) / INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def for_eval(path: Path) -> tuple[Path, str]:
+    """The checkpoint ``rolekit eval --policy PATH`` means, and a line saying which: a run
+    directory's ``checkpoints/best`` when it has one, else its newest ``step-N``; a
+    checkpoint directory itself. Raises FileNotFoundError for a run with no checkpoint."""
+    path = Path(path)
+    if (path / STATE_FILE).exists():
+        return path, f"checkpoint {path}"
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    best = root / BEST
+    if (best / STATE_FILE).exists():
+        kept = info(best).get("best", {})
+        what = f", {kept['metric']} {kept['value']:.4f}" if "metric" in kept else ""
+        return best, f"{best} (the best checkpoint: step {info(best).get('step', '?')}{what})"
+    found = checkpoints(root)
+    if not found:
+        raise FileNotFoundError(f"{path}: no checkpoint found (expected checkpoints/best or checkpoints/step-N/)")
+    return found[-1], f"{found[-1]} (the newest checkpoint; the run kept no best)"
+
+
+# --- the best checkpoint's metric -------------------------------------------------------------
+
+
+def metric_value(evaluation: dict[str, Any], metric: str) -> float | None:
+    """The number at ``metric`` ("kuhn_poker/exploitability", "tictactoe/minimax/draw", ...)
+    in one evaluation (``Trainer.evaluate``'s dict); None where it is missing. A path that
+    ends at a dict holding its own last name reads that (``exploitability`` is a section
+    with an ``exploitability`` figure)."""
+    node: Any = evaluation
+    parts = metric.split("/")
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    if isinstance(node, dict):
+        node = node.get(parts[-1])
+    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def best_metric(evaluation: dict[str, Any], name: str) -> str | None:
+    """The metric ``checkpoint.keep_best = name`` means for this evaluation: ``name`` itself,
+    or for ``auto`` the first game's exploitability, else the first win rate it has (None
+    when it has neither)."""
+    if name != "auto":
+        return name
+    games = [(g, r) for g, r in evaluation.items() if isinstance(r, dict)]
+    for game, result in games:
+        if metric_value(result, "exploitability") is not None:
+            return f"{game}/exploitability"
+    for game, result in games:
+        for key, value in result.items():
+            if isinstance(value, dict) and isinstance(value.get("win"), (int, float)):
+                return f"{game}/{key}/win"
+    return None
+
+
+def improves(metric: str, value: float, best: float) -> bool:
+    """Whether ``value`` beats ``best``: lower for exploitability, loss and invalid rates, else higher."""
+    lower = metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+    return value < best if lower else value > best

@@ -115,6 +115,12 @@ class GameConfig:
 class SnapshotConfig:
     every: int = attrs.field(default=10, validator=_positive)  # add the policy to the pool every N steps
     pool_size: int = attrs.field(default=5, validator=_positive)  # keep the N most recent snapshots
+    # the mixture a "snapshot" seat draws from (one member per episode; the average policy):
+    # "uniform", "recency" (newest weighs 1, each older recency_decay times the next) or
+    # "elo" (10 ** (rating / 400), ratings from the games each snapshot played the policy)
+    weighting: str = attrs.field(default="uniform", validator=attrs.validators.in_(("uniform", "recency", "elo")))
+    recency_decay: float = attrs.field(default=0.8, validator=_positive)  # weighting = "recency"
+    elo_k: float = attrs.field(default=32.0, validator=_positive)  # weighting = "elo": rating step per game
 
 
 @attrs.frozen
@@ -124,12 +130,19 @@ class EvalConfig:
     opponents: tuple[str, ...] = ("random",)  # scripted opponents to measure win rates against
     exploitability: bool = True  # Kuhn Poker: exact exploitability of the policy
     at_start: bool = False  # also evaluate the untrained policy, logged as step 0 (the "before" figure)
+    average: bool = True  # Kuhn Poker: also the exact exploitability of the snapshot pool's average policy
 
 
 @attrs.frozen
 class CheckpointConfig:
     every: int = 10  # steps between checkpoints (0: only at the end)
     keep: int = attrs.field(default=3, validator=_positive)  # most recent checkpoints kept
+    # also keep checkpoints/best, the checkpoint whose evaluation scored best on this metric:
+    # "auto" (a game's exploitability where it has one, else the first evaluation's win
+    # rate), "" (no best checkpoint), or a path into the evaluation, e.g.
+    # "kuhn_poker/exploitability" or "tictactoe/minimax/draw"; exploitability, loss and
+    # invalid rates are minimised, everything else maximised
+    keep_best: str = "auto"
 
 
 @attrs.frozen

@@ -28,6 +28,7 @@ from rolekit.learner import Learner
 from rolekit.plugins import Kernel, closest
 from rolekit.advantages import policy_turns
 from rolekit.pools import Pools
+from rolekit.population import Population, score_of
 from rolekit.rollout import SCRIPTED, make_game, rotate, scripted_responders, summarize
 from rolekit.table import POLICY, EpisodeSpec, ModelResponder, Scheduler
 from rolekit.types import Episode, Sample
@@ -67,7 +68,9 @@ class Curriculum:
             raise ValueError(f"no curriculum game is active at step {step}")
         return out
 
-    def next_spec(self, step: int, pool_size: int) -> EpisodeSpec:
+    def next_spec(self, step: int, pool_size: int, population: Population | None = None) -> EpisodeSpec:
+        """The next episode; a ``snapshot`` seat plays pool member ``population.draw`` (its
+        weighting), or one drawn uniformly without a population."""
         active = self.active(step)
         i = self.rng.choices(active, weights=[self.entries[k].weight for k in active])[0]
         entry, game = self.entries[i], self.games[i]
@@ -84,7 +87,9 @@ class Curriculum:
         seats = {}
         for role, who in rotate(game, {r: entry.seats.get(r, POLICY) for r in game.role_names()}, shift).items():
             if who == SNAPSHOT:
-                who = f"{SNAPSHOT}:{self.rng.randrange(pool_size)}" if pool_size else POLICY
+                index = (population.draw(self.rng) if population is not None else self.rng.randrange(pool_size)) \
+                    if pool_size else None
+                who = f"{SNAPSHOT}:{index}" if index is not None else POLICY
             seats[role] = who
         return EpisodeSpec(game, seed, seats, entry=i, pools=self.pools[i])
 
@@ -173,6 +178,9 @@ class Policy:
 
             self.backend = RayBackend(config, model, self.params)
         self.pool: list[dict[str, torch.Tensor]] = []
+        snap = config.snapshots  # the pool's bookkeeping: steps, Elo ratings, mixture weights
+        self.population = Population(snap.weighting, capacity=snap.pool_size, recency_decay=snap.recency_decay,
+                                     elo_k=snap.elo_k)
         # Full fine-tuning with a KL term: the reference is the initial model, copied now,
         # before any checkpoint is loaded into the trained one (a lazy copy made after a
         # --resume would be the trained checkpoint, and the KL would read 0).
@@ -221,9 +229,11 @@ class Policy:
                              "model at start-up)")
         return contextlib.nullcontext(self._reference_model)
 
-    def snapshot(self, pool_size: int) -> None:
+    def snapshot(self, pool_size: int, step: int = 0) -> None:
+        """The policy as it is now joins the pool (the population), the oldest leaving past ``pool_size``."""
         self.pool.append(self.weights())
         del self.pool[:-pool_size]
+        self.population.add(step)
 
     def load_checkpoint(self, path: Path) -> None:
         from safetensors.torch import load_file
@@ -308,6 +318,8 @@ class Trainer:
         self.stale: dict[str, int] = {}  # game/role -> leftover samples dropped this step as too old
         self.nonfinite_streak = 0
         self.elapsed = 0.0
+        self.best: dict[str, Any] | None = None  # checkpoint.keep_best: {metric, value, step} of checkpoints/best
+        self._snapshot_tables: dict[tuple[str, int], Any] = {}  # (game, snapshot step) -> its strategy table
         if resume is not None:
             self._resume(Path(resume))
 
@@ -352,7 +364,7 @@ class Trainer:
 
                 # --- snapshots, metrics, evaluation, checkpoint ----------------------------
                 if self.step % cfg.snapshots.every == 0:
-                    self.policy.snapshot(cfg.snapshots.pool_size)
+                    self.policy.snapshot(cfg.snapshots.pool_size, self.step)
                 seconds = time.perf_counter() - start
                 self.elapsed += seconds
                 metrics = self._metrics(episodes, batch, learned, seconds,
@@ -364,6 +376,7 @@ class Trainer:
                     eval_start = time.perf_counter()
                     metrics["eval"] = self._safe_evaluate()
                     metrics["timing"]["eval"] = round(time.perf_counter() - eval_start, 3)
+                    self._keep_best(metrics["eval"])
                 self.kernel.step_end(self.step, metrics)
                 self._write(metrics, episodes, batch)
                 if self.tensorboard is not None:
@@ -373,6 +386,8 @@ class Trainer:
                     report.refresh(self.out)  # RUN_DIR/report.html; a failure is only a warning
                 history.append(metrics)
                 show(metrics)
+        if self.best is not None and history:
+            print(_final_line(self.best, history), flush=True)
         return history
 
     def _frozen_base(self):
@@ -420,13 +435,14 @@ class Trainer:
                 if len(samples) + kept_ratio * expected >= target:
                     return
                 started += 1
-                yield self.curriculum.next_spec(self.step, pool)
+                yield self.curriculum.next_spec(self.step, pool, self.policy.population)
 
         while len(samples) < target:
             fresh: list[Episode] = []
             round_candidates = 0
             for episode in scheduler.run(source()):
                 episodes.append(episode)
+                self._rate(episode)
                 fresh.append(episode)
                 n = sum(len(policy_turns(episode, role)) for role in _trained_roles(episode))
                 candidates += n
@@ -441,6 +457,17 @@ class Trainer:
                     f"dropped, or no seat is played by the policy (estimators: {', '.join(self.estimators)}; grpo "
                     f"needs asks with n > 1 and differing rewards; rae drops turns whose reward equals the baseline)")
         return episodes, samples
+
+    def _rate(self, episode: Episode) -> None:
+        """Elo: a finished game of the policy against a snapshot moves both ratings."""
+        if not episode.ok or "winner" not in episode.info:
+            return
+        policy_roles = [r for r, who in episode.seats.items() if who == POLICY]
+        members = [who for who in episode.seats.values() if who.startswith(SNAPSHOT + ":")]
+        if len(policy_roles) == 1 and len(members) == 1:
+            index = int(members[0].split(":", 1)[1])
+            if index < len(self.policy.population):
+                self.policy.population.record(index, score_of(episode.info["winner"], policy_roles[0]))
 
     def _fresh_leftover(self) -> list[Sample]:
         """The samples carried from earlier steps that are young enough to train on
@@ -500,9 +527,56 @@ class Trainer:
                                     seed=10**9 + self.step, torch_seed=self.config.seed + self.step,
                                     exploitability=cfg.exploitability, temperature=self.config.rollout.temperature)
             result = evaluate.run_evaluations(ev)
+            if cfg.average and cfg.exploitability and self.policy.pool and hasattr(game, "average_strategy") \
+                    and getattr(game, "mode", "terse") == "terse":
+                try:
+                    result["average"] = self._average_strategy(game)
+                except Exception as exc:  # reported, never fatal
+                    result["average"] = {"error": f"{type(exc).__name__}: {exc}"}
             if result:
                 out[game.name] = result
         return out
+
+    def _average_strategy(self, game) -> dict[str, Any]:
+        """The exact exploitability of the average policy: each pool member's strategy table
+        (computed once per member), mixed with the population's weights, reach-weighted at
+        every information set (``game.average_strategy``)."""
+        from rolekit import evaluate
+
+        population = self.policy.population
+        temperature = self.config.rollout.temperature
+        tables = []
+        for weights, step in zip(self.policy.pool, population.steps):
+            key = (game.name, step)
+            if key not in self._snapshot_tables:
+                with self.policy.using(weights):
+                    self._snapshot_tables[key] = evaluate.exact_policy_table(
+                        self.policy.model, self.policy.chat, game, temperature=temperature)
+            tables.append(self._snapshot_tables[key])
+        live = {(game.name, step) for step in population.steps}
+        for key in [k for k in self._snapshot_tables if k[0] == game.name and k not in live]:
+            del self._snapshot_tables[key]
+        return evaluate.average_strategy(game, tables, population.weights(), weighting=population.weighting,
+                                         steps=population.steps)
+
+    def _keep_best(self, evaluation: dict[str, Any]) -> None:
+        """checkpoint.keep_best: when this evaluation beats the best so far on the metric,
+        write ``checkpoints/best`` (a full checkpoint, so it resumes and evaluates like any)."""
+        name = self.config.checkpoint.keep_best
+        if not name:
+            return
+        metric = self.best["metric"] if self.best else checkpoint.best_metric(evaluation, name)
+        if metric is None:
+            return
+        value = checkpoint.metric_value(evaluation, metric)
+        if value is None:
+            return
+        if self.best is not None and not checkpoint.improves(metric, value, self.best["value"]):
+            return
+        self.best = {"metric": metric, "value": value, "step": self.step}
+        checkpoint.save(self.out / "checkpoints", self.step, self.policy.model, self.policy.tokenizer,
+                        self.state_dict(), model_name=self.config.model.name, name=checkpoint.BEST,
+                        info={"best": self.best})
 
     # --- logging -----------------------------------------------------------------------------
 
@@ -596,7 +670,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "leftover": [attrs.asdict(s) for s in self.leftover],
-            "pool": self.policy.pool, "nonfinite_streak": self.nonfinite_streak,
+            "pool": self.policy.pool, "population": self.policy.population.state_dict(),
+            "nonfinite_streak": self.nonfinite_streak, "best": self.best,
         }
 
     def save(self) -> Path:
@@ -621,6 +696,12 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.leftover = [Sample(**s) for s in state["leftover"]]
         self.policy.pool = state["pool"]
+        if "population" in state:
+            self.policy.population.load_state_dict(state["population"])
+        else:  # a checkpoint from before populations: its pool, steps unknown
+            for _ in state["pool"]:
+                self.policy.population.add(0)
+        self.best = state.get("best")
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.nonfinite_streak = state["nonfinite_streak"]
         for name in ("metrics.jsonl", "episodes.jsonl"):
@@ -751,6 +832,20 @@ def _line(m: dict) -> str:
         + _eval_line(m)
 
 
+def _final_line(best: dict[str, Any], history: list[dict]) -> str:
+    """The run's last evaluation next to its best (checkpoints/best), on the kept metric."""
+    last = next((m for m in reversed(history) if isinstance(m.get("eval"), dict)), None)
+    final = checkpoint.metric_value(last["eval"], best["metric"]) if last else None
+    line = f"rolekit: {best['metric']}: final {final:.4f} (step {last['step']})" if final is not None else \
+        f"rolekit: {best['metric']}:"
+    line += f"; best {best['value']:.4f} (step {best['step']}, checkpoints/best)"
+    average = last and checkpoint.metric_value(last["eval"], best["metric"].replace(
+        "/exploitability", "/average/exploitability")) if best["metric"].endswith("/exploitability") else None
+    if average is not None:
+        line += f"; average policy {average:.4f}"
+    return line
+
+
 def _eval_line(m: dict) -> str:
     line = "" if m.get("step") else "step    0  (untrained)"
     for game, res in (m.get("eval") or {}).items():
@@ -760,6 +855,8 @@ def _eval_line(m: dict) -> str:
         for k, v in res.items():
             if k == "exploitability":
                 line += f"  | eval {game} exploitability {v['exploitability']:.3f}"
+            elif k == "average" and "exploitability" in v:
+                line += f" (average policy {v['exploitability']:.3f})"
             elif isinstance(v, dict) and "win" in v:
                 line += f"  | eval {game} vs {k}: win {v['win']:.2f}"
             elif isinstance(v, dict):

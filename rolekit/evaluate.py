@@ -167,10 +167,12 @@ def run_evaluations(ev: Evaluator) -> dict[str, Any]:
 
 
 def play_against(kernel: Kernel, game, policy: Policy, opponent: str, *, episodes: int, seed: int = 0,
-                 mirror: bool = False, concurrency: int = 64) -> list[Episode]:
+                 mirror: bool = False, concurrency: int = 64,
+                 progress: Callable[[int, int], None] | None = None) -> list[Episode]:
     """``episodes`` episodes of ``policy`` against the scripted ``opponent`` (a registered
     name, with or without ``scripted:``), the policy's seat alternating every episode.
-    ``mirror``: deals come in pairs, the policy playing each deal from both seats."""
+    ``mirror``: deals come in pairs, the policy playing each deal from both seats.
+    ``progress(done, total)`` is called after each finished episode."""
     if len(game.role_names()) != 2:
         raise ValueError(f"game {game.name!r} has {len(game.role_names())} roles; eval plays two-player games")
     who = opponent if opponent.startswith(rollout.SCRIPTED) else rollout.SCRIPTED + opponent
@@ -179,7 +181,32 @@ def play_against(kernel: Kernel, game, policy: Policy, opponent: str, *, episode
     responders = rollout.scripted_responders(kernel, game, seats)
     responders[POLICY] = policy.responder
     plan = rollout.specs(game, episodes, seed, seats, mirror=mirror, alternate=not mirror)
-    return list(Scheduler(responders, kernel=kernel, concurrency=concurrency).run(plan))
+    played = []
+    for episode in Scheduler(responders, kernel=kernel, concurrency=concurrency).run(plan):
+        played.append(episode)
+        if progress is not None:
+            progress(len(played), episodes)
+    return played
+
+
+class Progress:
+    """``rolekit eval``'s progress on stderr: a line at most every ``every_s`` seconds (and
+    at the end), so a long evaluation is never silent; stdout stays the result alone."""
+
+    def __init__(self, what: str, *, every_s: float = 10.0, stream=None):
+        self.what, self.every_s = what, every_s
+        self.stream = sys.stderr if stream is None else stream
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done == total or now - self.last >= self.every_s:
+            self.last = now
+            print(f"rolekit eval: {done}/{total} {self.what} ({now - self.start:.0f} s)", file=self.stream,
+                  flush=True)
+
+    def note(self, message: str) -> None:
+        print(f"rolekit eval: {message}", file=self.stream, flush=True)
 
 
 def score(episodes: Sequence[Episode]) -> dict[str, Any]:
@@ -384,14 +411,154 @@ def strategy(game, policy: Policy, *, samples: int = 32, temperature: float = 1.
     return out
 
 
+def average_strategy(game, tables: Sequence[PolicyTable], weights: Sequence[float], *, weighting: str = "",
+                     steps: Sequence[int] = ()) -> dict[str, Any]:
+    """The average policy of a population (draw member k with probability ``weights[k]`` per
+    game, then play it) as one strategy table, and its exact exploitability: each member's
+    table reach-weighted at every information set (``game.average_strategy``)."""
+    if not tables:
+        raise ValueError("the average policy needs at least one snapshot")
+    table = game.average_strategy(tables, weights)
+    out: dict[str, Any] = {"exploitability": float(game.exploitability(table)), "snapshots": len(tables)}
+    if weighting:
+        out["weighting"] = weighting
+    if steps:
+        out["members"] = [{"step": s, "weight": round(w, 6)} for s, w in zip(steps, weights)]
+    out["infosets"] = {key: {a: round(p, 6) for a, p in dist.items()} for key, dist in table.items()}
+    return out
+
+
+# --- the average policy of a run's population ----------------------------------------------
+
+
+@contextlib.contextmanager
+def using_weights(model, weights: Mapping[str, Any]):
+    """Temporarily give ``model``'s parameters named in ``weights`` those values (a snapshot
+    of the trained ones: LoRA or full weights, named as in training), then restore them."""
+    import torch
+
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise ValueError(f"a snapshot names {len(missing)} parameters the model does not have (e.g. {missing[0]!r})")
+    with torch.no_grad():
+        saved = {n: params[n].detach().clone() for n in weights}
+        for n, w in weights.items():
+            params[n].copy_(w)
+        try:
+            yield
+        finally:
+            for n, w in saved.items():
+                params[n].copy_(w)
+
+
+class AverageResponder:
+    """The average policy: one population member drawn per episode (by the population's
+    weights), which then answers every ask of that episode.
+
+    An episode is recognised by its responder RNG (one per episode); its member is drawn
+    with a ``random.Random`` seeded by its first ask's sampling seed, so a re-run draws
+    the same members. Asks are answered in one batch per member, that member's weights
+    swapped into the model for it."""
+
+    def __init__(self, base: Responder, model, pool: Sequence[Mapping[str, Any]], population):
+        import weakref
+
+        if not pool:
+            raise ValueError("the average policy needs a population; the run has no snapshots")
+        self.name, self.base, self.model, self.pool, self.population = base.name, base, model, pool, population
+        self._member: "weakref.WeakKeyDictionary[random.Random, int]" = weakref.WeakKeyDictionary()
+        self.drawn: Counter = Counter()  # member index -> episodes it played
+
+    def member(self, ask) -> int:
+        if ask.rng not in self._member:
+            index = self.population.draw(random.Random(ask.seed))
+            self._member[ask.rng] = index
+            self.drawn[index] += 1
+        return self._member[ask.rng]
+
+    def respond(self, asks):
+        answers: list[Any] = [None] * len(asks)
+        groups: dict[int, list[int]] = {}
+        for i, ask in enumerate(asks):
+            groups.setdefault(self.member(ask), []).append(i)
+        for index, members in sorted(groups.items()):
+            with using_weights(self.model, self.pool[index]):
+                for i, a in zip(members, self.base.respond([asks[i] for i in members])):
+                    answers[i] = a
+        return answers
+
+
+def load_population(checkpoint_dir) -> tuple[list[dict[str, Any]], Any]:
+    """A run checkpoint's snapshot pool (the weights) and its population (steps, ratings,
+    weighting), as training left them."""
+    from rolekit import checkpoint
+    from rolekit.population import Population
+
+    state = checkpoint.load_state(checkpoint_dir)
+    pool = state.get("pool") or []
+    saved = state.get("population")
+    saved = saved or {}
+    population = Population(saved.get("weighting", "uniform"), capacity=max(len(pool), 1),
+                            recency_decay=saved.get("recency_decay", 0.8), elo_k=saved.get("elo_k", 32.0))
+    if saved:
+        population.load_state_dict(saved)
+    else:
+        for _ in pool:
+            population.add(0)
+    return pool, population
+
+
+def average_policy(the_policy: Policy, checkpoint_dir) -> tuple[Policy, list[dict[str, Any]], Any]:
+    """``the_policy`` (loaded from a run checkpoint) turned into its run's average policy."""
+    pool, population = load_population(checkpoint_dir)
+    responder = AverageResponder(the_policy.responder, the_policy.model.model, pool, population)
+    return attrs.evolve(the_policy, responder=responder), pool, population
+
+
+def average_policy_strategy(game, the_policy: Policy, pool, population, *, temperature: float) -> dict[str, Any]:
+    """The exact exploitability of a run's average policy: each member's exact strategy
+    table (terse mode), reach-weighted by ``average_strategy``."""
+    tables = []
+    for weights in pool:
+        with using_weights(the_policy.model.model, weights):
+            tables.append(exact_policy_table(the_policy.model.model, the_policy.chat, game, temperature=temperature))
+    out = average_strategy(game, tables, population.weights(), weighting=population.weighting,
+                           steps=population.steps)
+    out["extraction"] = f"exact (average of {len(tables)} snapshots, each teacher-forced, temperature {temperature})"
+    return out
+
+
 # --- rolekit eval ---------------------------------------------------------------------------
+
+
+def resolve_policy(policy: str, say: Callable[[str], None] | None = None) -> tuple[str, str | None]:
+    """A run directory given as ``--policy`` means one of its checkpoints: ``checkpoints/best``
+    when the run kept one, else the newest (``checkpoint.for_eval``); ``say`` is told which.
+    Returns (what to load, the checkpoint directory or None for a model name)."""
+    from pathlib import Path
+
+    from rolekit import checkpoint
+
+    path = Path(policy).expanduser()
+    if policy.startswith(rollout.SCRIPTED) or not path.is_dir():
+        return policy, None
+    if (path / "checkpoints").is_dir() or (path / checkpoint.STATE_FILE).exists():
+        found, line = checkpoint.for_eval(path)
+        if say is not None:
+            say(f"evaluating {line}")
+        return str(found), str(found)
+    return policy, None
 
 
 def evaluate(kernel: Kernel, *, game: str, policy: str, opponent: str = "random", episodes: int = 100,
              seed: int = 0, options: Mapping[str, Any] | None = None, exploitability: bool = False,
              samples: int = 32, temperature: float = 1.0, mirror: bool = False, device: str = "cpu",
-             concurrency: int = 64, batch_size: int = 64) -> dict[str, Any]:
-    """What ``rolekit eval`` prints as JSON."""
+             concurrency: int = 64, batch_size: int = 64, average: bool = False,
+             progress: bool = False) -> dict[str, Any]:
+    """What ``rolekit eval`` prints as JSON. ``average``: the run's average policy (one
+    snapshot of its population drawn per episode) instead of the checkpoint's own;
+    ``progress``: lines on stderr while it runs."""
     if episodes < 0:
         raise ValueError(f"--episodes must be >= 0, got {episodes}")
     the_game = rollout.make_game(kernel, game, dict(options or {}))
@@ -399,25 +566,52 @@ def evaluate(kernel: Kernel, *, game: str, policy: str, opponent: str = "random"
         raise ValueError(f"--exploitability: game {game!r} has no exact evaluation "
                          f"(it needs a game with information_sets(), such as kuhn_poker)")
     start = time.perf_counter()
+    say = Progress("").note if progress else None
+    loaded, checkpoint_dir = resolve_policy(policy, say)
+    if average and checkpoint_dir is None:
+        raise ValueError(f"--average: --policy {policy!r} is not a run directory or run checkpoint "
+                         f"(the average policy is over a run's snapshots)")
     if not policy.startswith(rollout.SCRIPTED):
         import torch
 
         torch.manual_seed(seed)
-    the_policy = load_policy(kernel, the_game, policy, device=device, temperature=temperature,
+    the_policy = load_policy(kernel, the_game, loaded, device=device, temperature=temperature,
                              batch_size=batch_size)
+    plain = the_policy
+    if average:
+        the_policy, pool, population = average_policy(the_policy, checkpoint_dir)
+        if say is not None:
+            say(f"the average policy of {len(pool)} snapshots (steps {', '.join(map(str, population.steps))}; "
+                f"{population.weighting} weights)")
     opponent_name = opponent.removeprefix(rollout.SCRIPTED)
     played = play_against(kernel, the_game, the_policy, opponent_name, episodes=episodes, seed=seed,
-                          mirror=mirror, concurrency=concurrency)
+                          mirror=mirror, concurrency=concurrency,
+                          progress=Progress(f"episodes vs {opponent_name}") if progress else None)
     result = score(played)
     report: dict[str, Any] = {"game": game, "policy": policy, "opponent": opponent_name,
                               "episodes": result.pop("episodes", 0), "seed": seed}
+    if checkpoint_dir is not None:
+        report["checkpoint"] = checkpoint_dir
+    if average:
+        report["average"] = {"snapshots": len(pool), "weighting": population.weighting,
+                             "members": population.describe(),
+                             "episodes_by_member": {population.steps[i]: n
+                                                    for i, n in sorted(the_policy.responder.drawn.items())}}
     for key in ("win", "draw", "loss", "invalid", "mean_return"):
         report[key] = result.pop(key, None)
     report.update(result)
     if options:
         report["options"] = dict(options)
     if exploitability:
-        report.update(strategy(the_game, the_policy, samples=samples, temperature=temperature, seed=seed))
+        if say is not None:
+            say("computing the strategy at every information set")
+        if average:
+            if getattr(the_game, "mode", "terse") != "terse" or not hasattr(the_game, "average_strategy"):
+                raise ValueError(f"--average --exploitability: game {game!r} has no exact average policy "
+                                 f"(it needs terse mode and average_strategy(), as kuhn_poker has)")
+            report.update(average_policy_strategy(the_game, plain, pool, population, temperature=temperature))
+        else:
+            report.update(strategy(the_game, the_policy, samples=samples, temperature=temperature, seed=seed))
     report["seconds"] = round(time.perf_counter() - start, 3)
     return report
 
@@ -431,6 +625,7 @@ def offered(kernel: Kernel, *, game: str, policy: str, options: Mapping[str, Any
     import torch
 
     torch.manual_seed(seed)
+    policy, _ = resolve_policy(policy, lambda line: print(f"rolekit eval: {line}", file=sys.stderr))
     the_policy = load_policy(kernel, the_game, policy, device=device, temperature=temperature, batch_size=batch_size)
     ev = Evaluator(kernel, the_game, the_policy, seed=seed, temperature=temperature, **eval_section)
     result = run_evaluations(ev)
@@ -450,7 +645,7 @@ def cmd_eval(args) -> int:
         kernel, game=args.game, policy=args.policy, opponent=args.opponent, episodes=args.episodes,
         seed=args.seed, options=_options(args), exploitability=args.exploitability, samples=args.samples,
         temperature=args.temperature, mirror=args.mirror, device=args.device, concurrency=args.concurrency,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, average=args.average, progress=not args.quiet,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -484,7 +679,9 @@ def _options(args) -> dict[str, Any]:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="play a policy against a scripted opponent; Kuhn: exact exploitability")
     p.add_argument("--policy", default="smollm2-135m-instruct",
-                   help="smollm2-135m-instruct, tiny-random, a model or run checkpoint directory, or scripted:NAME")
+                   help="smollm2-135m-instruct, tiny-random, a model directory, a run directory (its "
+                        "checkpoints/best, else its newest checkpoint; it says which), a run checkpoint, "
+                        "or scripted:NAME")
     p.add_argument("--game", required=True)
     p.add_argument("--opponent", default="random", help="a scripted opponent (random, minimax, nash, heuristic, ...)")
     p.add_argument("--episodes", type=int, default=100, help="episodes to play; seats alternate")
@@ -496,6 +693,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--samples", type=int, default=32,
                    help="answers sampled per information set in reasoning mode")
     p.add_argument("--mirror", action="store_true", help="play every deal from both seats")
+    p.add_argument("--average", action="store_true",
+                   help="a run's average policy: one of its snapshots drawn per episode (by the run's "
+                        "snapshots.weighting), then played; with --exploitability, exact (Kuhn)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--offered", action="store_true",
                    help="run the evaluations the game itself offers (what training runs: a held-out task set, "
                         "win rates, exploitability) and print them as JSON")

@@ -20,7 +20,7 @@ policy exactly (``kuhn_eval``).
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import attrs
 
@@ -220,3 +220,15 @@ class KuhnPoker(TurnBasedGame):
     def exploitability(self, probs: Mapping[str, Mapping[str, float]]) -> float:
         """Exploitability (OpenSpiel convention) of infoset -> {action: probability}."""
         return float(kuhn_eval.exploitability(kuhn_eval.aggressive_probabilities(probs)))
+
+    def average_strategy(self, tables: Sequence[Mapping[str, Mapping[str, float]]],
+                         weights: Sequence[float]) -> dict[str, dict[str, float]]:
+        """The average policy of a population as one strategy table: the mixture that draws
+        table k with probability ``weights[k]`` per game, reach-weighted at each
+        information set (``kuhn_eval.average_policy``)."""
+        mixed = kuhn_eval.average_policy([kuhn_eval.aggressive_probabilities(t) for t in tables], list(weights))
+        out = {}
+        for key, (state, _) in self.information_sets().items():
+            passive, aggressive = self.legal_actions(state)
+            out[key] = {passive: float(1 - mixed[key]), aggressive: float(mixed[key])}
+        return out

@@ -161,3 +161,39 @@ def aggressive_probabilities(probs: Mapping[str, Mapping[str, Number]]) -> dict[
         passive = dist.get("check", 0) + dist.get("fold", 0)
         out[key] = aggressive / (aggressive + passive) if aggressive + passive > 0 else 0.5
     return out
+
+
+def own_reach(policy: Policy, key: str) -> Number:
+    """The probability that the player acting at information set ``key`` plays its own way
+    there under ``policy`` (the product of its own earlier action probabilities on the
+    path): 1 at ``""``, ``"p"`` and ``"b"``; P(check first) at ``"pb"``."""
+    card, history = key[0], key[1:]
+    if history == "pb":
+        return 1 - policy[card]
+    return 1
+
+
+def average_policy(policies: list[Policy], weights: list[Number]) -> dict[str, Number]:
+    """The behaviour strategy of the mixture that draws policy k with probability
+    ``weights[k]`` (normalised) once per game and then plays it.
+
+    Mixing per game is not averaging per information set: at each information set, each
+    policy's probability counts in proportion to its weight times its own reach of that
+    set (Kuhn's theorem; OpenSpiel's ``PolicyAggregator``). An information set no policy
+    reaches gets the plain weighted mean (it is never played, so its value cannot matter).
+    """
+    if len(policies) != len(weights) or not policies:
+        raise ValueError(f"average_policy needs one weight per policy, got {len(policies)} policies and "
+                         f"{len(weights)} weights")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"average_policy weights must be >= 0 with a positive sum, got {list(weights)}")
+    for policy in policies:
+        check_policy(policy)
+    out: dict[str, Number] = {}
+    for key in INFOSETS:
+        reach = [w * own_reach(p, key) for p, w in zip(policies, weights)]
+        if sum(reach) > 0:
+            out[key] = sum(r * p[key] for r, p in zip(reach, policies)) / sum(reach)
+        else:
+            out[key] = sum(w * p[key] for w, p in zip(weights, policies)) / sum(weights)
+    return out
