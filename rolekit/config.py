@@ -149,6 +149,12 @@ class CheckpointConfig:
 class LoggingConfig:
     episodes_per_step: int = 4  # transcripts written to episodes.jsonl per step
     quiet: bool = False  # plain log lines instead of a progress display
+    # Weights & Biases (the wandb extra): the TensorBoard scalars and the resolved config each
+    # step, the report and sampled transcripts at the end; WANDB_MODE=offline writes RUN_DIR/wandb only
+    wandb: bool = False
+    wandb_project: str = "rolekit"  # the W&B project
+    wandb_name: str | None = None  # the W&B run name (None: the run directory's name)
+    wandb_tags: tuple[str, ...] = ()  # W&B run tags
 
 
 @attrs.frozen

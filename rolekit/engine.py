@@ -267,6 +267,18 @@ class SnapshotResponder(ModelResponder):
 # --- the trainer -------------------------------------------------------------------------------
 
 
+def _wandb(cfg: TrainConfig, out: Path, resolved: TrainConfig, *, resume: bool):
+    """The run's Weights & Biases logger (``rolekit.wandb_logger``), or None without ``logging.wandb``."""
+    if not cfg.logging.wandb:
+        return None
+    from rolekit.config import to_dict
+    from rolekit.wandb_logger import WandB
+
+    log = cfg.logging
+    return WandB(out, to_dict(resolved), project=log.wandb_project, name=log.wandb_name, tags=log.wandb_tags,
+                 resume=resume)
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, out_dir: Path, *, resume: Path | None = None,
                  kernel: Kernel | None = None, quiet: bool | None = None, tensorboard: bool = False):
@@ -329,6 +341,7 @@ class Trainer:
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.toml").write_text(to_toml(self.resolved_config()))
+        wandb = _wandb(cfg, self.out, self.resolved_config(), resume=self.step > 0)  # None unless logging.wandb
         history = []
         budget = cfg.algorithm.max_minutes
         deadline = None if budget is None else time.perf_counter() + 60.0 * budget
@@ -381,6 +394,8 @@ class Trainer:
                 self._write(metrics, episodes, batch)
                 if self.tensorboard is not None:
                     self.tensorboard.log(metrics)
+                if wandb is not None:
+                    wandb.log(metrics)  # the same scalars as TensorBoard
                 if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or last:
                     self.save()
                     report.refresh(self.out)  # RUN_DIR/report.html; a failure is only a warning
@@ -388,6 +403,8 @@ class Trainer:
                 show(metrics)
         if self.best is not None and history:
             print(_final_line(self.best, history), flush=True)
+        if wandb is not None:
+            wandb.finish()  # the report as an artifact, sampled transcripts as a table
         return history
 
     def _frozen_base(self):
