@@ -157,6 +157,12 @@ class LoggingConfig:
     wandb_tags: tuple[str, ...] = ()  # W&B run tags
 
 
+def _learner(name) -> None:
+    if name not in ("ddp", "zero"):
+        hint = " ('zero' shards AdamW's state; sharding the weights too, FSDP, is not built)" if name == "fsdp" else ""
+        raise ValueError(f"learner must be 'ddp' or 'zero', got {name!r}{hint}")
+
+
 @attrs.frozen
 class DistributedConfig:
     """Rollouts across Ray workers and the learner's ranks (``rolekit.distributed``). The
@@ -171,7 +177,7 @@ class DistributedConfig:
     num_cpus: int | None = None  # ray_address = "local": CPUs the started cluster offers (None: all of them)
     # under torchrun: "ddp", every rank holds the whole AdamW state; "zero", each rank holds
     # 1/N of it and of the summed gradient (ZeRO stage 2; the weights stay whole on every rank)
-    learner: str = attrs.field(default="ddp", validator=attrs.validators.in_(("ddp", "zero")))
+    learner: str = attrs.field(default="ddp", validator=lambda i, a, v: _learner(v))
 
 
 @attrs.frozen

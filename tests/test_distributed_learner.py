@@ -226,6 +226,13 @@ def test_zero_shards_adamw_and_checkpoints_as_one_process(two_sharded_ranks, set
     assert max((a - b).abs().max().item() for a, b in zip(rank0["resumed"], rank0["weights"])) > 1e-4
 
 
+def test_an_unknown_learner_is_a_config_error_naming_it():
+    from rolekit.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="distributed.*learner must be 'ddp' or 'zero', got 'fsdp'"):
+        from_dict({"curriculum": [{"game": "nim"}], "distributed": {"learner": "fsdp"}})
+
+
 def test_one_shard_alone_is_not_the_batch():
     """The comparison above has teeth: rank 0's shard without the other's gradient steps elsewhere."""
     from rolekit.distributed.learner import DataParallel

@@ -114,7 +114,7 @@ class ShardedDataParallel(DataParallel):
         gradients are dropped unreduced."""
         import torch.distributed as dist
 
-        if list(params) != self.shards:
+        if len(params) != len(self.shards) or any(p is not s for p, s in zip(params, self.shards)):
             raise ValueError("ShardedDataParallel reduces the gradients of the shards it made (shard_parameters)")
         scalars = torch.tensor([float(nonfinite), loss] + [float(p.grad is not None) for p in self.whole],
                                dtype=torch.float64, device=self.device)
