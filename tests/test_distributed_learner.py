@@ -44,6 +44,9 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from test_distributed_learner import SETUPS, build, whole, gradients, state_numel
 
+    import rolekit.distributed.zero
+    rolekit.distributed.zero.BUCKET_ELEMENTS = 1 << 12  # many buckets (a rolekit train run below has one)
+
     data = pickle.load(open(sys.argv[2], "rb"))
     out = {}
     for name, options, lora, mode in [s for s in SETUPS if s[3] == sys.argv[4]]:

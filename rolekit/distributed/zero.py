@@ -38,6 +38,9 @@ from rolekit.distributed.learner import DataParallel
 from rolekit.learner import Learner
 
 
+BUCKET_ELEMENTS = 1 << 24  # per reduce-scatter / all-gather: 64 MiB of fp32 (the buffer's size, all ranks' parts)
+
+
 class ShardedDataParallel(DataParallel):
     """This rank of a torchrun group, keeping its slice of the gradient and of AdamW's state.
 
@@ -91,24 +94,35 @@ class ShardedDataParallel(DataParallel):
         """Nothing: :meth:`shard_parameters` took rank 0's weights before slicing them."""
 
     def _groups(self) -> list[tuple[list[int], list[int], int]]:
-        """The parameters by dtype, as (indices, offset of each slice in a rank's part, part
-        length): one collective per dtype lays every rank's slices out rank-major."""
+        """The parameters in buckets of one dtype, as (indices, offset of each slice in a
+        rank's part, part length): one collective per bucket lays every rank's slices out
+        rank-major. A bucket holds at most ``BUCKET_ELEMENTS`` elements over all ranks (a
+        larger parameter gets one of its own), so a reduction or gather never copies the
+        whole model at once."""
         by_dtype: dict[torch.dtype, list[int]] = {}
         for i, p in enumerate(self.whole):
             by_dtype.setdefault(p.dtype, []).append(i)
         groups = []
         for indices in by_dtype.values():
-            offsets, length = [], 0
+            bucket: list[int] = []
+            offsets: list[int] = []
+            length = 0
             for i in indices:
+                chunk = self._span(self.whole[i].numel())[0]
+                if bucket and (length + chunk) * self.world_size > BUCKET_ELEMENTS:
+                    groups.append((bucket, offsets, length))
+                    bucket, offsets, length = [], [], 0
+                bucket.append(i)
                 offsets.append(length)
-                length += self._span(self.whole[i].numel())[0]
-            groups.append((indices, offsets, length))
+                length += chunk
+            if bucket:
+                groups.append((bucket, offsets, length))
         return groups
 
     def all_reduce_gradients(self, params: Sequence[torch.nn.Parameter], nonfinite: bool,
                              loss: float) -> tuple[bool, float]:
         """Sum the whole parameters' gradients over the ranks into this rank's slices
-        (``params``: the shards) with one reduce-scatter per dtype, freeing each whole
+        (``params``: the shards) with one reduce-scatter per bucket, freeing each whole
         gradient as it is laid out. A parameter no rank reached keeps no gradient. Returns
         (did any rank see a non-finite loss, the summed loss); on a non-finite loss the
         gradients are dropped unreduced."""
@@ -147,7 +161,7 @@ class ShardedDataParallel(DataParallel):
 
     @torch.no_grad()
     def gather(self) -> None:
-        """Every rank's updated slices into the whole weights, on every rank (one all-gather per dtype)."""
+        """Every rank's updated slices into the whole weights, on every rank (one all-gather per bucket)."""
         import torch.distributed as dist
 
         for indices, offsets, length in self._groups():
