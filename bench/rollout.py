@@ -9,8 +9,17 @@ generation: episode coroutines, chat templates and tokenisation, decoding, parsi
 game logic. A third contender replays the same batches into ``model.generate`` without
 the logprobs the backend records, which measures the backend's own overhead.
 
+Before / after (issue #18): the same rollout and replay also run on an HF backend with
+``share_prefill=False`` (transformers' ``generate``: every request's prompt in full), as
+``rollout_before`` and ``backend_before``, interleaved with the rest; ``rollout_after_vs_before``
+is the free-text self-play speed-up of sharing prompts (each distinct prompt and a batch's
+header prefilled once, stopped rows dropped). Under the global RNG the two paths sample the
+same tokens only until a row stops, so their token counts differ a little.
+``--no-replay`` runs only the two rollouts (bench/out/rollout-before-after.json).
+
     python bench/rollout.py --quick
     python bench/rollout.py                       # full: embedded model, 32 episodes a game
+    python bench/rollout.py --no-replay           # only the rollout, prompts shared vs generate
     python bench/rollout.py --device cuda --model <HF dir>
     .venv-vllm/bin/python bench/rollout.py --backend vllm [--quick]
 
@@ -98,12 +107,19 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=None, help="episodes per game and round")
     parser.add_argument("--batch-size", type=int, default=64, help="concurrency and backend max batch size")
     parser.add_argument("--no-plain", action="store_true", help="skip the model.generate contender")
+    parser.add_argument("--no-replay", action="store_true",
+                        help="only the rollout before (transformers' generate) and after (prompts shared), no "
+                             "backend replays; value = after / before (bench/out/rollout-before-after.json)")
     parser.add_argument("--backend", default="hf", choices=("hf", "vllm"),
                         help="the backend the rollout runs on (vllm: also replayed into the HF backend)")
+    parser.add_argument("--share-prefill", default=None, choices=("auto", "on", "off"),
+                        help="the HF backend's share_prefill (auto: its own rule); the 'before' contenders "
+                             "always run transformers' generate (off)")
     parser.add_argument("--lora", type=int, default=0, metavar="R",
                         help="generate through a LoRA adapter of rank R on every projection, as training does "
                              "(0: the bare model)")
     args = parser.parse_args()
+    args.share_prefill = {"on": True, "off": False}.get(args.share_prefill)
     info = setup(args)
     model_name = default_model(args)
     if args.backend == "vllm" and model_name == "tiny-random":
@@ -136,7 +152,8 @@ def main() -> None:
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0.0, 0.01)
-    hf = backend = HFBackend(model, chat, max_batch_size=args.batch_size)
+    hf = backend = HFBackend(model, chat, max_batch_size=args.batch_size, share_prefill=args.share_prefill)
+    before = HFBackend(model, chat, max_batch_size=args.batch_size, share_prefill=False)  # transformers' generate
     if args.backend == "vllm":
         from rolekit.backends.vllm import VLLMBackend
 
@@ -163,13 +180,31 @@ def main() -> None:
         calls = [list(c) for c in recorder.calls]
         expected = recorder.tokens
 
-        produced: dict[str, set] = {"backend": set(), "model_generate": set(), "hf_backend": set()}  # token counts
+        produced: dict[str, set] = {"backend": set(), "model_generate": set(), "hf_backend": set(),
+                                    "generate_path": set()}  # token counts
 
         def replay() -> float:
             torch.manual_seed(seed)
             n = sum(len(g.completion_ids) for c in calls for g in backend.generate(c))
             produced["backend"].add(n)
             return n
+
+        def replay_before() -> float:  # the same calls through transformers' generate (share_prefill=False)
+            torch.manual_seed(seed)
+            n = sum(len(g.completion_ids) for c in calls for g in before.generate(c))
+            produced["generate_path"].add(n)
+            return n
+
+        def play_before() -> float:  # the rollout on the generate path
+            responder.backend = Recorder(before)
+            try:
+                torch.manual_seed(seed)
+                scheduler = Scheduler({POLICY: responder}, kernel=kernel, concurrency=args.batch_size)
+                played = list(scheduler.run(specs(game, episodes, seed, {})))
+                assert len(played) == episodes and all(e.ok for e in played), [e.error for e in played if e.error]
+                return responder.backend.tokens
+            finally:
+                responder.backend = recorder
 
         def plain() -> float:
             torch.manual_seed(seed)
@@ -183,11 +218,15 @@ def main() -> None:
             produced["hf_backend"].add(n)
             return n
 
-        contenders = {"rollout": play, "backend": replay}
+        contenders = {"rollout": play} if args.no_replay else {"rollout": play, "backend": replay}
         if args.backend == "vllm":
             contenders["hf_backend"] = hf_replay
-        elif not args.no_plain:
-            contenders["model_generate"] = plain
+        else:
+            contenders["rollout_before"] = play_before
+            if not args.no_replay:
+                contenders["backend_before"] = replay_before
+                if not args.no_plain:
+                    contenders["model_generate"] = plain
         say(f"{name}: {episodes} episodes, {len(calls)} backend calls, {expected} tokens a round")
         rates = side_by_side(contenders, repeats, device=args.device, log=say)
         row = {
@@ -196,9 +235,17 @@ def main() -> None:
             "mean_batch": sum(len(c) for c in calls) / len(calls),
             "max_new_tokens": game.max_new_tokens,
             "mean_prompt_tokens": sum(len(r.prompt_ids) for c in calls for r in c) / sum(len(c) for c in calls),
-            "rollout_tokens_per_s": median(rates["rollout"]), "backend_tokens_per_s": median(rates["backend"]),
-            "ratio": ratio(rates["rollout"], rates["backend"]),
+            "rollout_tokens_per_s": median(rates["rollout"]),
         }
+        if "backend" in rates:
+            row["backend_tokens_per_s"] = median(rates["backend"])
+            row["ratio"] = ratio(rates["rollout"], rates["backend"])
+        if "rollout_before" in rates:  # free-text self-play before (generate) / after (prompts shared)
+            row["rollout_before_tokens_per_s"] = median(rates["rollout_before"])
+            row["rollout_after_vs_before"] = ratio(rates["rollout"], rates["rollout_before"])
+        if "backend_before" in rates:
+            row["backend_before_tokens_per_s"] = median(rates["backend_before"])
+            row["backend_after_vs_before"] = ratio(rates["backend"], rates["backend_before"])
         if "model_generate" in rates:
             row["model_generate_tokens_per_s"] = median(rates["model_generate"])
             row["backend_vs_model_generate"] = ratio(rates["backend"], rates["model_generate"])
@@ -207,12 +254,18 @@ def main() -> None:
             row["vllm_vs_hf"] = ratio(rates["backend"], rates["hf_backend"])
         say(f"{name}: {row}")
         per_game[name] = row
-    value = min(r["ratio"] for r in per_game.values())
     extra = {}
+    if args.no_replay:  # no backend replay to compare with: the value is the before/after ratio
+        value, goal, unit = min(r["rollout_after_vs_before"] for r in per_game.values()), 1.0, \
+            "rollout tok/s, prompts shared / transformers' generate (min over games)"
+    else:
+        value, goal, unit = min(r["ratio"] for r in per_game.values()), GOAL, \
+            "rollout tok/s / backend generate tok/s (min over games)"
     if args.backend == "vllm":
         extra["vllm_vs_hf"] = min(r["vllm_vs_hf"] for r in per_game.values())  # vLLM / HF backend tokens/s
-    emit("rollout" if args.backend == "hf" else "rollout-vllm" + (f"-lora{args.lora}" if args.lora else ""), value, GOAL,
-         "rollout tok/s / backend generate tok/s (min over games)", backend=args.backend, lora=args.lora, **extra,
+    name = "rollout" + ("-before-after" if args.no_replay else "") if args.backend == "hf" else \
+        "rollout-vllm" + (f"-lora{args.lora}" if args.lora else "")
+    emit(name, value, goal, unit, backend=args.backend, lora=args.lora, **extra,
          model=model_name, batch_size=args.batch_size, repeats=repeats, quick=args.quick, games=per_game,
          machine=info)
 

