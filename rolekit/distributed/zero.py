@@ -6,9 +6,10 @@ Memory, full fine-tuning in fp32, per trained weight: one process, and every ran
 all-reduce copies the gradient once more. Here a rank holds the weight (4 bytes), the
 gradient only while its backward passes accumulate it (4), and 1/N of AdamW's moments
 (8/N): the moments, half of the trained state, go from 8 bytes to 8/N. The reduction
-moves each gradient into a rank-major buffer as it frees it, and a reduce-scatter leaves
-each rank the sum of its slice (4/N); AdamW steps the slices; an all-gather writes every
-rank's updated slice into the whole weights. Measured: BENCHMARKS.md, "Scale-out".
+moves the gradients, bucket by bucket, into a rank-major buffer, freeing each as it goes,
+and a reduce-scatter leaves each rank the sum of its slice (4/N); AdamW steps the slices;
+an all-gather per bucket writes every rank's updated slices into the whole weights.
+Measured: BENCHMARKS.md, "Scale-out".
 
 Each rank's slice of a parameter is a view into the parameter itself (a ``DTensor`` over
 its flattened elements, ``Shard(0)``: torch.chunk's split), so AdamW updates this rank's
@@ -24,8 +25,9 @@ is not trained by rolekit.
 
 Checkpoints are written by rank 0 in one process's format (``optimizer.state_dict()``
 with whole tensors): the other ranks, waiting in :func:`rolekit.distributed.learner.serve`,
-join the all-gathers of :meth:`ShardedLearner.state_dict`. A checkpoint from one process,
-``"ddp"`` or ``"zero"`` resumes in any of them (``tests/test_distributed_learner.py``).
+join the all-gathers of :meth:`ShardedLearner.state_dict`. So a checkpoint from one
+process, ``"ddp"`` or ``"zero"`` resumes in any of them (``tests/test_distributed_learner.py``:
+"zero" to one process and to "zero").
 """
 
 from __future__ import annotations
