@@ -314,7 +314,7 @@ def test_rolekit_train_under_torchrun_matches_a_plain_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_rolekit_train_zero_checkpoints_resume_in_one_process_and_on_two_ranks(tmp_path):
+def test_rolekit_train_zero_checkpoint_resumes_in_one_process(tmp_path):
     """Full fine-tuning with distributed.learner = "zero": 2 ranks write the checkpoint one
     process writes (weights and whole AdamW state), and one process resumes it: its second
     step lands where a plain 2-step run's does. (2 sharded ranks resuming: the test above.)"""
