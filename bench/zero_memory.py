@@ -18,10 +18,7 @@ much, its allocator does; run each twice).
 
 from __future__ import annotations
 
-import os
 import random
-
-import torch
 
 from harness import default_model, emit, options, setup
 

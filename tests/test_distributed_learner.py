@@ -8,13 +8,11 @@ import json
 import os
 import pickle
 import random
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import attrs
 import peft
 import pytest
 import torch
