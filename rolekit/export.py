@@ -76,22 +76,20 @@ def export(source: str | Path, out: str | Path, *, merge: bool = False, best: bo
     info = _json(ckpt / "rolekit.json")
     loaded = load_model(str(ckpt))
     adapter = hasattr(loaded.model, "peft_config")
-    merged = adapter and merge
+    kind = ("merged" if merge else "adapter") if adapter else "full"
 
     def write(tmp: Path) -> None:
-        if adapter and not merge:  # the adapter as trained, byte for byte
+        if kind == "adapter":  # the adapter as trained, byte for byte
             for path in ckpt.iterdir():
                 if path.is_file() and path.name not in _NOT_EXPORTED:
                     shutil.copy2(path, tmp / path.name)
+            generation_config(loaded.tokenizer).save_pretrained(tmp)
         else:
-            model = loaded.model.merge_and_unload() if merged else loaded.model
+            model = loaded.model.merge_and_unload() if kind == "merged" else loaded.model
             model.generation_config = generation_config(loaded.tokenizer)
             model.save_pretrained(tmp, safe_serialization=True)
             loaded.tokenizer.save_pretrained(tmp)
-        if adapter and not merge:
-            generation_config(loaded.tokenizer).save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(ckpt, run, info, kind="adapter" if adapter and not merge
-                                                  else "merged" if merged else "full"), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(ckpt, run, info, kind=kind), encoding="utf-8")
 
     return atomic_dir(out, write)
 
