@@ -28,11 +28,15 @@ def exploitabilities(run):
     return {m["step"]: m["eval"]["kuhn_poker"]["exploitability"]["exploitability"] for m in rows if "eval" in m}
 
 
-def test_best_checkpoint_is_kept_and_survives_resume(tmp_path):
+def test_best_checkpoint_is_kept_and_survives_resume(tmp_path, capsys):
     run = tmp_path / "run"
     trainer = Trainer(from_dict(KUHN), run, quiet=True)
     trainer.run()
     seen = exploitabilities(run)
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]  # the run ends saying final and best
+    assert last_line.startswith(f"rolekit: kuhn_poker/exploitability: final {seen[4]:.4f} (step 4); best "
+                                f"{min(seen.values()):.4f} (step {min(seen, key=seen.get)}, checkpoints/best)")
+    assert "average policy" in last_line
     assert len(set(round(v, 6) for v in seen.values())) > 1, "the policy never changed: nothing to pick from"
     best_step = min(seen, key=seen.get)
     best = run / "checkpoints" / "best"
