@@ -158,9 +158,8 @@ class LoggingConfig:
 
 
 def _learner(name) -> None:
-    if name not in ("ddp", "zero"):
-        hint = " ('zero' shards AdamW's state; sharding the weights too, FSDP, is not built)" if name == "fsdp" else ""
-        raise ValueError(f"learner must be 'ddp' or 'zero', got {name!r}{hint}")
+    if name not in ("ddp", "zero", "fsdp"):
+        raise ValueError(f"learner must be 'ddp', 'zero' or 'fsdp', got {name!r}")
 
 
 @attrs.frozen
@@ -176,7 +175,9 @@ class DistributedConfig:
     worker_gpus: float = attrs.field(default=0.0, validator=_non_negative)  # GPUs per worker (a fraction shares one)
     num_cpus: int | None = None  # ray_address = "local": CPUs the started cluster offers (None: all of them)
     # under torchrun: "ddp", every rank holds the whole AdamW state; "zero", each rank holds
-    # 1/N of it and of the summed gradient (ZeRO stage 2; the weights stay whole on every rank)
+    # 1/N of it and of the summed gradient (ZeRO stage 2; the weights stay whole on every rank);
+    # "fsdp", each rank holds 1/N of the weights too (torch's FSDP2; rank 0 keeps a whole copy
+    # to play with, refreshed after each step; prompt sharing is off in the learner)
     learner: str = attrs.field(default="ddp", validator=lambda i, a, v: _learner(v))
 
 

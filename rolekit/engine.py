@@ -700,8 +700,9 @@ class Trainer:
         if found is None:
             raise FileNotFoundError(f"--resume {path}: no checkpoint found (expected checkpoints/step-N/)")
         state = checkpoint.load_state(found)
-        self.policy.load_checkpoint(found)
-        self.learner.load_state_dict(state["optimizer"])
+        if self.data_parallel is None or self.data_parallel.holds_whole_model:  # fsdp, ranks > 0: shards only
+            self.policy.load_checkpoint(found)
+        self.learner.load_state_dict(state["optimizer"])  # fsdp: also rank 0's weights into every rank's shards
         for label, s in state["estimators"].items():
             if label not in self.estimators:
                 raise ValueError(f"--resume {found}: the checkpoint has estimator {label!r}, which this config "

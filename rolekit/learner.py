@@ -317,15 +317,23 @@ class Learner:
         n_seq = len(samples)  # the whole batch's denominators (token_weights), on every rank
         n_tok = sum(trained_positions(s) for s in samples)
         dp = self.data_parallel
+        published = samples
         if dp is not None:  # rank 0 hands the batch to the others; each trains its own shard of it
-            samples = dp.shard(dp.publish(samples, max_new_tokens))
+            published = dp.publish(samples, max_new_tokens)
+            samples = dp.shard(published)
+        # lockstep (FSDP): every rank runs the same passes, one per micro-batch, so no prompt sharing
+        lockstep = getattr(dp, "lockstep", False)
         shared_buckets = micro_batches(samples, cfg.micro_batch_tokens, shared=True)
         shared_cost = sum(bucket_cost([samples[i] for i in b])[0] for b in shared_buckets)
         share = share_prompts(self.device, bucket_cost(samples, shared=False)[0] if samples else 0, shared_cost)
+        share = share and not lockstep
         buckets = shared_buckets if share else micro_batches(samples, cfg.micro_batch_tokens, shared=False)
         costs = [bucket_cost([samples[i] for i in b], share) for b in buckets]
         computed, padded = sum(c[0] for c in costs), sum(c[1] for c in costs)
         real = sum(s.num_tokens for s in samples)
+        filler = 0  # lockstep: micro-batches added so every rank runs as many (the last ones; their loss weighs 0)
+        if lockstep:
+            samples, buckets, filler = dp.pad(published, samples, buckets)
         old = {i: None for i in range(n_seq)}
         if self.recompute:
             old = self._recompute(samples, buckets, share=share)
@@ -337,8 +345,9 @@ class Learner:
         for epoch in range(cfg.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             epoch_loss = 0.0
-            for bucket in buckets:
+            for k, bucket in enumerate(buckets):
                 batch = [samples[i] for i in bucket]
+                padding = k >= len(buckets) - filler
                 bonus = cfg.entropy_coef > 0
                 logp, mask, entropy = self._forward(self.model, batch, with_entropy=epoch == 0 or bonus, share=share,
                                                     entropy_grad=bonus)
@@ -360,13 +369,14 @@ class Learner:
                                        device=self.device)  # (B, 1)
                 weights = token_weights(mask, cfg.aggregation, num_sequences=n_seq, num_tokens=n_tok,
                                         max_new_tokens=budgets)
-                loss = (weights * loss_tok).sum()
+                loss = (weights * loss_tok).sum() * (0.0 if padding else 1.0)
                 if not torch.isfinite(loss):
                     nonfinite = True
-                    break
+                    if not lockstep:  # lockstep: the other ranks' passes wait for this one's
+                        break
                 loss.backward()
                 epoch_loss += loss.item()
-                if epoch == 0:
+                if epoch == 0 and not padding:
                     self._accumulate(per_key, batch, mask, loss_tok, weights, clipped, logp, old_lp, kl_tok,
                                      entropy.detach() if entropy is not None else None)
             if dp is not None:  # sum the ranks' gradients (and losses); skip the step if any rank saw a nan
@@ -387,7 +397,7 @@ class Learner:
             per_key, (real, computed, padded) = dp.sum_metrics(per_key, (real, computed, padded))
         metrics: dict[str, Any] = {
             "loss": totals["loss"], "grad_norm": totals["grad_norm"], "nonfinite": nonfinite,
-            "micro_batches": len(buckets), "padding_fraction": 1.0 - computed / padded if padded else 0.0,
+            "micro_batches": len(buckets) - filler, "padding_fraction": 1.0 - computed / padded if padded else 0.0,
             "trained_tokens": real * cfg.ppo_epochs,  # prompt + completion tokens of the samples
             "computed_tokens": computed * cfg.ppo_epochs,  # what the forward passes ran (shared prompts once)
         }

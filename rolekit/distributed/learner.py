@@ -19,7 +19,8 @@ and DDP arms its reducer only in the wrapper's own ``forward``. One flat all-red
 dtype after the backward passes is what DDP does, without overlapping it with them.
 
 ``distributed.learner = "zero"`` (:mod:`.zero`) keeps the same protocol and splits AdamW's
-state and the summed gradient across the ranks instead of holding them whole on each.
+state and the summed gradient across the ranks instead of holding them whole on each;
+``"fsdp"`` (:mod:`.fsdp`) splits the weights too (torch's FSDP2).
 
 Backends: gloo on the CPU, NCCL on CUDA (each rank on ``cuda:LOCAL_RANK``). Only gloo with
 2 CPU processes has been run (this repository's machine has no GPU).
@@ -43,18 +44,26 @@ class DataParallel:
     def __init__(self, rank: int, world_size: int):
         self.rank, self.world_size = rank, world_size
 
+    lockstep = False  # must every rank run the same forward passes? (FSDP: :mod:`.fsdp`)
+
     @property
     def learner_class(self) -> type:
         """The learner these ranks run: every rank holds the whole optimizer state."""
         return Learner
 
+    @property
+    def holds_whole_model(self) -> bool:
+        """Does the policy's model stay whole on this rank (resuming loads a checkpoint into it)?"""
+        return True
+
     @staticmethod
     def from_env(device: Any = "cpu", learner: str = "ddp") -> "DataParallel | None":
         """The group torchrun started this process in (joined on first call: gloo on the CPU,
         NCCL on CUDA), or None in a plain run (``WORLD_SIZE`` unset or 1). ``learner``
-        (``distributed.learner``): "ddp" or "zero" (a :class:`.zero.ShardedDataParallel`)."""
-        if learner not in ("ddp", "zero"):
-            raise ValueError(f"distributed.learner must be 'ddp' or 'zero', got {learner!r}")
+        (``distributed.learner``): "ddp", "zero" (a :class:`.zero.ShardedDataParallel`) or
+        "fsdp" (a :class:`.fsdp.FullyShardedDataParallel`)."""
+        if learner not in ("ddp", "zero", "fsdp"):
+            raise ValueError(f"distributed.learner must be 'ddp', 'zero' or 'fsdp', got {learner!r}")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return None
@@ -69,6 +78,10 @@ class DataParallel:
             from rolekit.distributed.zero import ShardedDataParallel
 
             return ShardedDataParallel(dist.get_rank(), dist.get_world_size(), device)
+        if learner == "fsdp":
+            from rolekit.distributed.fsdp import FullyShardedDataParallel
+
+            return FullyShardedDataParallel(dist.get_rank(), dist.get_world_size(), device)
         return DataParallel(dist.get_rank(), dist.get_world_size())
 
     # --- the batch ----------------------------------------------------------------------
