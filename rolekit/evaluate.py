@@ -566,8 +566,9 @@ def evaluate(kernel: Kernel, *, game: str, policy: str, opponent: str = "random"
         raise ValueError(f"--exploitability: game {game!r} has no exact evaluation "
                          f"(it needs a game with information_sets(), such as kuhn_poker)")
     start = time.perf_counter()
-    say = Progress("").note if progress else None
-    loaded, checkpoint_dir = resolve_policy(policy, say)
+    note = Progress("").note
+    loaded, checkpoint_dir = resolve_policy(policy, note)  # which checkpoint: said even without progress
+    say = note if progress else None
     if average and checkpoint_dir is None:
         raise ValueError(f"--average: --policy {policy!r} is not a run directory or run checkpoint "
                          f"(the average policy is over a run's snapshots)")
@@ -662,6 +663,9 @@ def cmd_eval(args) -> int:
             table.add_row(seat, str(r["episodes"]), *(f"{r[k]:.3f}" for k in ("win", "draw", "loss", "invalid")),
                           f"{r['mean_return']:+.3f}")
     console.print(table)
+    if "checkpoint" in report:
+        console.print(f"checkpoint: {report['checkpoint']}" + (" (average policy)" if "average" in report else ""),
+                      markup=False)
     if "exploitability" in report:
         console.print(f"exploitability: {report['exploitability']:.4f}  ({report['extraction']})")
         for key, dist in report["infosets"].items():

@@ -91,6 +91,7 @@ def test_cli_says_which_checkpoint_and_quiet_silences_progress(run):
     quiet = rolekit("--quiet")
     assert quiet.returncode == 0, quiet.stderr
     assert "episodes vs random" not in quiet.stderr
+    assert "checkpoints/best" in quiet.stderr  # which checkpoint is always said
 
 
 def test_average_needs_a_run():
