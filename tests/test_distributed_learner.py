@@ -230,8 +230,8 @@ def test_zero_shards_adamw_and_checkpoints_as_one_process(two_sharded_ranks, set
 def test_an_unknown_learner_is_a_config_error_naming_it():
     from rolekit.config import ConfigError, from_dict
 
-    with pytest.raises(ConfigError, match="distributed.*learner must be 'ddp' or 'zero', got 'fsdp'"):
-        from_dict({"curriculum": [{"game": "nim"}], "distributed": {"learner": "fsdp"}})
+    with pytest.raises(ConfigError, match="distributed.*learner must be 'ddp', 'zero' or 'fsdp', got 'zero3'"):
+        from_dict({"curriculum": [{"game": "nim"}], "distributed": {"learner": "zero3"}})
 
 
 def test_one_shard_alone_is_not_the_batch():
