@@ -17,11 +17,9 @@ part in place and anything written into the whole weights -- a checkpoint loaded
 ``--resume``, rank 0's snapshot swaps -- is what the slices hold. ``clip_grad_norm_`` over
 the DTensor gradients takes the global norm (one all-reduce), as one process does.
 
-Why the weights are not sharded too (FSDP, ZeRO stage 3): rank 0 plays the episodes
-between steps with the whole model, and the ranks train different numbers of micro-batches
-per step (each its share of the batch's tokens), while FSDP's per-layer all-gathers need
-every rank inside the same forward pass. A model whose weights alone do not fit one device
-is not trained by rolekit.
+The weights are not sharded here, so the ranks keep prompt sharing and train their own
+numbers of micro-batches; ``distributed.learner = "fsdp"`` (:mod:`.fsdp`) shards them too,
+at the cost of running every rank through the same passes.
 
 Checkpoints are written by rank 0 in one process's format (``optimizer.state_dict()``
 with whole tensors): the other ranks, waiting in :func:`rolekit.distributed.learner.serve`,
