@@ -34,6 +34,7 @@ The first step of each is a warm-up and is not counted.
     python bench/vs_trl.py --quick
     python bench/vs_trl.py                        # full: embedded model, 8 steps each
     python bench/vs_trl.py --before               # and rolekit on transformers' generate, interleaved
+    python bench/vs_trl.py --split                # one step's generation: shared, generate, prefill alone
     .venv-vllm/bin/python bench/vs_trl.py --backend vllm [--quick]   # make bench-vllm
 
 ``--backend vllm`` (in .venv-vllm, the CPU build): rolekit generates with the vLLM backend,
@@ -234,6 +235,50 @@ def trl_trainer(model_name: str, device: str, steps: int, out: Path, seed: int, 
     )
 
 
+def generation_split(model_name: str, device: str, repeats: int) -> dict:
+    """Where one rolekit step's generation goes (``--split``): the step's 16 requests (2 Kuhn
+    prompts opened with "[", 8 answers each, 32 new tokens at temperature 1) generated whole
+    by the HF backend with prompts shared and with transformers' ``generate``, and the shared
+    prefill alone (``run_prompts`` on the 2 prompts), interleaved; seconds, median over rounds,
+    and the tokens each side made in its last round."""
+    from rolekit.backends.hf import HFBackend, run_prompts, split_model
+    from rolekit.chat import ChatTokenizer
+    from rolekit.models import load_model
+    from rolekit.types import GenerationRequest
+
+    loaded = load_model(model_name, device=device)
+    chat = ChatTokenizer(loaded.tokenizer)
+    prompts = [chat.encode(messages) + chat.text_ids(PREFIX) for _, messages, _ in decision_prompts()[:PROMPTS_PER_STEP]]
+    # unseeded, as the trainer samples: the two sides draw the same tokens until a row stops
+    requests = [GenerationRequest(p, max_new_tokens=MAX_TOKENS, temperature=1.0) for p in prompts
+                for _ in range(GENERATIONS)]
+    shared, plain = (HFBackend(loaded.model, chat, share_prefill=s) for s in (True, False))
+    decoder = split_model(loaded.model)[0]
+    seconds: dict[str, list[float]] = {"shared": [], "generate": [], "prefill": []}
+    tokens = {}
+
+    def timed(name, fn):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        seconds[name].append(time.perf_counter() - start)
+        return out
+
+    for r in range(repeats):
+        for name in (["shared", "generate", "prefill"] if r % 2 == 0 else ["prefill", "generate", "shared"]):
+            if name == "prefill":
+                with torch.inference_mode():
+                    timed(name, lambda: run_prompts(decoder, prompts, device, use_cache=True, pad_id=chat.pad_id))
+            else:
+                torch.manual_seed(r)
+                out = timed(name, lambda: (shared if name == "shared" else plain).generate(requests))
+                tokens[name] = sum(len(g.completion_ids) for g in out)
+    say(f"generation split: {seconds}, tokens {tokens}")
+    return {"prompt_tokens": [len(p) for p in prompts], "requests": len(requests), "tokens": tokens,
+            **{f"{k}_seconds": median(v) for k, v in seconds.items()}}
+
+
 def main() -> None:
     parser = options(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="steps of each, warm-up included")
@@ -243,10 +288,19 @@ def main() -> None:
                         help="rolekit's backend (vllm: an HF-backend trainer runs alongside)")
     parser.add_argument("--before", action="store_true",
                         help="also run rolekit with share_prefill = false (transformers' generate), interleaved")
+    parser.add_argument("--split", action="store_true",
+                        help="only time one step's generation: prompts shared, transformers' generate, and the "
+                             "shared prefill alone (bench/out/vs_trl-split.json)")
     args = parser.parse_args()
     info = setup(args)
     model_name = default_model(args)
     steps = args.steps or (3 if args.quick else 8)
+    if args.split:
+        split = generation_split(model_name, args.device, args.repeats or 3)
+        emit("vs_trl-split", split["generate_seconds"] / split["shared_seconds"], 1.0,
+             "one step's generation: transformers' generate seconds / prompts shared seconds", model=model_name,
+             **split, machine=info)
+        return
 
     import transformers
     import trl

@@ -376,6 +376,11 @@ class SeededSampler:
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        out = torch.full_like(scores, -math.inf)
+        return out.scatter_(1, self.draw(scores)[:, None], 0.0)
+
+    def draw(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B,) the token each row draws from its (B, V) ``scores`` (raw logits)."""
         logits = scores.double() / self.temperature  # (B, V)
         if self.top_k > 0 and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]  # (B, 1)
@@ -387,9 +392,7 @@ class SeededSampler:
             logits = logits.masked_fill(torch.zeros_like(cut).scatter(1, order, cut), -math.inf)  # back to vocab order
         uniform = torch.stack([torch.rand(logits.shape[-1], generator=g, dtype=torch.float64)
                                for g in self.generators]).to(logits.device)  # (B, V)
-        chosen = torch.argmax(logits - torch.log(-torch.log(uniform)), dim=-1)  # (B,)
-        out = torch.full_like(scores, -math.inf)
-        return out.scatter_(1, chosen[:, None], 0.0)
+        return torch.argmax(logits - torch.log(-torch.log(uniform)), dim=-1)  # (B,)
 
 
 class HFBackend:
@@ -608,7 +611,7 @@ class HFBackend:
                 logits = head(prompt_pass.last)[index.to(device)].float()  # (B, V)
                 for _ in range(max(r.max_new_tokens for r in batch)):
                     if sampler is not None:
-                        chosen = sampler(None, logits).argmax(-1)
+                        chosen = sampler.draw(logits)
                     elif greedy:
                         chosen = logits.argmax(-1)
                     else:
