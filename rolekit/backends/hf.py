@@ -151,9 +151,10 @@ def share_prefill(device: Any) -> bool:
     """Generate with prompts shared (``HFBackend._decode_batch``: each distinct prompt and a
     batch's header prefilled once, stopped rows dropped) rather than transformers' ``generate``?
 
-    Measured on 2 CPU cores (BENCHMARKS.md, bench/rollout.py and bench/vs_trl.py --before):
-    faster on every workload there, so yes on the CPU. On a GPU not measured yet (no GPU was
-    lent): ``generate`` stays, as ``share_prompts`` found its extra passes cost more than the
+    Measured on 2 CPU cores (BENCHMARKS.md, issue #18): free-text self-play 1.45-1.74x
+    (bench/rollout.py --no-replay --seeded, the three SPIRAL games), one GRPO step's 16
+    answers 1.6x (bench/vs_trl.py --split), so yes on the CPU. On a GPU not measured (none was
+    lent): ``generate`` stays, as ``share_prompts`` found that extra passes cost more than the
     tokens they save on an H200.
     """
     return torch.device(device).type == "cpu"
