@@ -1,8 +1,10 @@
 """Per-rank memory of the torchrun learner: "ddp" (every rank holds the whole AdamW state)
-vs "zero" (``distributed.learner = "zero"``: each rank holds 1/N of it and of the gradient).
+vs "zero" (``distributed.learner = "zero"``: each rank holds 1/N of it and of the gradient)
+vs "fsdp" (``"fsdp"``: each rank holds 1/N of the weights too; rank 0 also a whole copy to play with).
 
     torchrun --standalone --nproc_per_node 2 bench/zero_memory.py --learner ddp
     torchrun --standalone --nproc_per_node 2 bench/zero_memory.py --learner zero
+    torchrun --standalone --nproc_per_node 2 bench/zero_memory.py --learner fsdp
     python bench/zero_memory.py                 # one process, for reference
     ... --quick                                 # tiny-random instead of the embedded default
 
@@ -11,7 +13,9 @@ Full fine-tuning (fp32 weights) of the model on one batch of random token ids (8
 (the first creates AdamW's moments). Per rank: the bytes of AdamW's moments it holds, and
 the peak resident memory during the two steps above the resident memory before them
 (``VmHWM`` reset through ``/proc/self/clear_refs``): AdamW's state, gradients, reduction
-buffers and activations. The weights themselves, loaded before, are not in that figure.
+buffers and activations. The weights themselves, loaded before, are not in that figure;
+``resident_before_mib`` is the process's whole resident memory before the steps (python,
+torch, the weights as this learner holds them: whole, or fsdp's slices and rank 0's copy).
 value = rank 0's peak increase in MiB (memory, not time: the machine's load does not move it
 much, its allocator does; run each twice).
 """
@@ -35,7 +39,7 @@ def _rss_kib() -> int:
 
 def main() -> None:
     parser = options(__doc__.splitlines()[0])
-    parser.add_argument("--learner", choices=("ddp", "zero"), default="ddp", help="distributed.learner under torchrun")
+    parser.add_argument("--learner", choices=("ddp", "zero", "fsdp"), default="ddp", help="distributed.learner under torchrun")
     args = parser.parse_args()
     machine = setup(args)
 
@@ -72,7 +76,8 @@ def main() -> None:
     moments = sum((v.to_local() if hasattr(v, "to_local") else v).numel() * v.element_size()
                   for entries in learner.optimizer.state.values() for k, v in entries.items() if k != "step")
     weights = sum(p.numel() * p.element_size() for p in params) / 2**20
-    record = {"peak_increase_mib": round(peak, 1), "adamw_moments_mib": round(moments / 2**20, 1)}
+    record = {"peak_increase_mib": round(peak, 1), "adamw_moments_mib": round(moments / 2**20, 1),
+              "resident_before_mib": round(before / 1024, 1)}
     ranks = [record]
     if dp is not None:
         import torch.distributed as dist

@@ -54,6 +54,8 @@ class FullyShardedDataParallel(DataParallel):
         from torch.distributed.device_mesh import init_device_mesh
 
         self.mesh = init_device_mesh(self.device.type, (world_size,))
+        if self.device.type == "cpu":
+            _fixed_mmap_threshold()
 
     @property
     def learner_class(self) -> type:
@@ -203,3 +205,20 @@ class FsdpLearner(Learner):
                              if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape else v)
                          for k, v in entries.items()}
         self.optimizer.load_state_dict({"state": sliced, "param_groups": state["param_groups"]})
+
+
+def _fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """glibc: allocations of ``nbytes`` or more always from mmap, returned on free. FSDP
+    gathers and frees a layer's weights at every pass; glibc's default raises its mmap
+    threshold after such a free (up to 32 MiB), after which those buffers come from the heap,
+    fragment it and are never returned: SmolLM2-135M's step then peaked ~1.2 GiB higher per
+    rank (BENCHMARKS.md, "Scale-out"). Same as ``MALLOC_MMAP_THRESHOLD_=1048576``. Nothing
+    without glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
