@@ -14,8 +14,10 @@ Before / after (issue #18): the same rollout and replay also run on an HF backen
 ``rollout_before`` and ``backend_before``, interleaved with the rest; ``rollout_after_vs_before``
 is the free-text self-play speed-up of sharing prompts (each distinct prompt and a batch's
 header prefilled once, stopped rows dropped). Under the global RNG the two paths sample the
-same tokens only until a row stops, so their token counts differ a little.
-``--no-replay`` runs only the two rollouts (bench/out/rollout-before-after.json).
+same tokens only until a row stops, so they play different episodes; ``--seeded`` samples
+each ask from its own seed (``rollout.seeded_sampling``), so that both play the same episodes
+token for token (``same_tokens.rollout_before``). ``--no-replay`` runs only the two rollouts
+(bench/out/rollout-before-after.json).
 
     python bench/rollout.py --quick
     python bench/rollout.py                       # full: embedded model, 32 episodes a game
@@ -107,6 +109,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=None, help="episodes per game and round")
     parser.add_argument("--batch-size", type=int, default=64, help="concurrency and backend max batch size")
     parser.add_argument("--no-plain", action="store_true", help="skip the model.generate contender")
+    parser.add_argument("--seeded", action="store_true",
+                        help="each ask samples from its own seed (rollout.seeded_sampling): the rollout before and "
+                             "after then play the same episodes, token for token")
     parser.add_argument("--no-replay", action="store_true",
                         help="only the rollout before (transformers' generate) and after (prompts shared), no "
                              "backend replays; value = after / before (bench/out/rollout-before-after.json)")
@@ -164,7 +169,7 @@ def main() -> None:
     for name in args.games.split(","):
         game = make_game(kernel, name)
         recorder = Recorder(backend)
-        responder = ModelResponder(POLICY, recorder, chat, temperature=1.0)
+        responder = ModelResponder(POLICY, recorder, chat, temperature=1.0, seeded=args.seeded)
         seed = args.seed
 
         def play() -> float:
@@ -181,7 +186,7 @@ def main() -> None:
         expected = recorder.tokens
 
         produced: dict[str, set] = {"backend": set(), "model_generate": set(), "hf_backend": set(),
-                                    "generate_path": set()}  # token counts
+                                    "generate_path": set(), "rollout_before": set()}  # token counts
 
         def replay() -> float:
             torch.manual_seed(seed)
@@ -202,6 +207,7 @@ def main() -> None:
                 scheduler = Scheduler({POLICY: responder}, kernel=kernel, concurrency=args.batch_size)
                 played = list(scheduler.run(specs(game, episodes, seed, {})))
                 assert len(played) == episodes and all(e.ok for e in played), [e.error for e in played if e.error]
+                produced["rollout_before"].add(responder.backend.tokens)
                 return responder.backend.tokens
             finally:
                 responder.backend = recorder
