@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_distributed_learner import TORCHRUN, assert_same_step, batch, build, state_numel
+from test_distributed_learner import (TORCHRUN, assert_same_step, assert_sharded_checkpoint_resumes_in_one_process,
+                                      batch, build, state_numel)
 
 # (name, learner options, LoRA?): one micro-batch per sample (rank 0 runs 7, rank 1 runs 6
 # and a filler), two PPO epochs, an entropy bonus; larger micro-batches (rank 0 runs 4 and a
@@ -161,43 +162,4 @@ def test_rolekit_train_fsdp_checkpoint_resumes_in_one_process(tmp_path):
     whole copy) train the step a plain run trains and write the checkpoint one process
     writes (weights and whole AdamW state); one process resumes it and its second step
     lands where a plain 2-step run's does."""
-    from safetensors.torch import load_file
-
-    from rolekit.checkpoint import load_state
-    from test_distributed_learner import TRAIN
-
-    config = tmp_path / "run.toml"
-    config.write_text(TRAIN.replace("[lora]\nr = 4\nalpha = 8", "[lora]\nenabled = false")
-                      .replace("lr = 5e-3", "lr = 1e-4") + '[distributed]\nlearner = "fsdp"\n')
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def train(*args, ranks=False):
-        cli = ["-m", "rolekit.cli", "train", str(config), "--quiet", *args]
-        run = subprocess.run([*TORCHRUN, *cli] if ranks else [sys.executable, *cli], env=env, capture_output=True,
-                             text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-3000:]
-
-    def checkpoint(run, step):
-        path = tmp_path / run / "checkpoints" / f"step-{step}"
-        return load_file(path / "model.safetensors"), load_state(path)["optimizer"]
-
-    train("--out", str(tmp_path / "plain"))  # one process (distributed.learner means nothing there)
-    train("--out", str(tmp_path / "fsdp"), "--set", "algorithm.steps=1", ranks=True)
-    train("--resume", str(tmp_path / "fsdp"))  # one process continues the 2 ranks' run
-
-    plain_weights, plain_adam = checkpoint("plain", 1)
-    weights, adam = checkpoint("fsdp", 1)
-    assert weights.keys() == plain_weights.keys()
-    for key in weights:
-        assert torch.allclose(weights[key], plain_weights[key], atol=1e-5), key  # 0.1 lr: see assert_same_step
-    assert adam["param_groups"] == plain_adam["param_groups"] and adam["state"].keys() == plain_adam["state"].keys()
-    for i, entries in plain_adam["state"].items():
-        for key, value in entries.items():
-            assert type(adam["state"][i][key]) is torch.Tensor and adam["state"][i][key].shape == value.shape
-            assert torch.allclose(adam["state"][i][key], value, rtol=1e-3, atol=1e-8), (i, key)
-    final, _ = checkpoint("plain", 2)
-    resumed, _ = checkpoint("fsdp", 2)
-    moved = max((final[k] - plain_weights[k]).abs().max().item() for k in final)
-    assert moved > 1e-5  # the second step moved the weights ...
-    for key in final:  # ... and the resumed run moved them alike
-        assert torch.allclose(resumed[key], final[key], atol=0.05 * moved), key
+    assert_sharded_checkpoint_resumes_in_one_process(tmp_path, "fsdp")

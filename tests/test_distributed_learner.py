@@ -316,13 +316,20 @@ def test_rolekit_train_zero_checkpoint_resumes_in_one_process(tmp_path):
     """Full fine-tuning with distributed.learner = "zero": 2 ranks write the checkpoint one
     process writes (weights and whole AdamW state), and one process resumes it: its second
     step lands where a plain 2-step run's does. (2 sharded ranks resuming: the test above.)"""
+    assert_sharded_checkpoint_resumes_in_one_process(tmp_path, "zero")
+
+
+def assert_sharded_checkpoint_resumes_in_one_process(tmp_path, learner: str) -> None:
+    """``rolekit train`` full fine-tuning on 2 ranks with ``distributed.learner = learner``
+    writes the step-1 checkpoint a plain run writes (weights and whole AdamW state), and one
+    process resuming it lands its second step where the plain 2-step run's does."""
     from safetensors.torch import load_file
 
     from rolekit.checkpoint import load_state
 
     config = tmp_path / "run.toml"
     config.write_text(TRAIN.replace("[lora]\nr = 4\nalpha = 8", "[lora]\nenabled = false")
-                      .replace("lr = 5e-3", "lr = 1e-4") + '[distributed]\nlearner = "zero"\n')
+                      .replace("lr = 5e-3", "lr = 1e-4") + f'[distributed]\nlearner = "{learner}"\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def train(*args, ranks=False):
@@ -336,11 +343,11 @@ def test_rolekit_train_zero_checkpoint_resumes_in_one_process(tmp_path):
         return load_file(path / "model.safetensors"), load_state(path)["optimizer"]
 
     train("--out", str(tmp_path / "plain"))  # one process (distributed.learner means nothing there)
-    train("--out", str(tmp_path / "zero"), "--set", "algorithm.steps=1", ranks=True)
-    train("--resume", str(tmp_path / "zero"))  # one process continues the 2 ranks' run
+    train("--out", str(tmp_path / learner), "--set", "algorithm.steps=1", ranks=True)
+    train("--resume", str(tmp_path / learner))  # one process continues the 2 ranks' run
 
     plain_weights, plain_adam = checkpoint("plain", 1)
-    weights, adam = checkpoint("zero", 1)
+    weights, adam = checkpoint(learner, 1)
     assert weights.keys() == plain_weights.keys()
     for key in weights:
         assert torch.allclose(weights[key], plain_weights[key], atol=1e-5), key  # 0.1 lr: see assert_same_step
@@ -350,7 +357,7 @@ def test_rolekit_train_zero_checkpoint_resumes_in_one_process(tmp_path):
             assert type(adam["state"][i][key]) is torch.Tensor and adam["state"][i][key].shape == value.shape
             assert torch.allclose(adam["state"][i][key], value, rtol=1e-3, atol=1e-8), (i, key)
     final, _ = checkpoint("plain", 2)
-    resumed, _ = checkpoint("zero", 2)
+    resumed, _ = checkpoint(learner, 2)
     moved = max((final[k] - plain_weights[k]).abs().max().item() for k in final)
     assert moved > 1e-5  # the second step moved the weights ...
     for key in final:  # ... and the resumed run moved them alike
