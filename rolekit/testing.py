@@ -82,3 +82,17 @@ def tiny_config(game: dict, *, steps: int = 3, evaluate: bool = True, samples: i
         "checkpoint": {"every": 1, "keep": 5},
         "curriculum": [game],
     })
+
+
+def peaked_tiny_random():
+    """tiny-random (a real transformers model and tokenizer) with its input embeddings
+    scaled by 5, so that its next-token distributions are peaked: the unscaled model is
+    nearly uniform, which makes comparisons of tokens or logprobs toothless."""
+    import torch
+
+    from rolekit.models import TINY, load_model
+
+    lm = load_model(TINY)
+    with torch.no_grad():
+        lm.model.get_input_embeddings().weight.mul_(5.0)
+    return lm

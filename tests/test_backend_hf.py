@@ -11,6 +11,7 @@ from rolekit.backends import Backend
 from rolekit.backends.hf import HFBackend
 from rolekit.chat import ChatTokenizer
 from rolekit.models import TINY, load_model
+from rolekit.testing import peaked_tiny_random
 from rolekit.types import GenerationRequest
 
 PROMPTS = ["Hi", "What is the capital of France? Answer in one word.", "Count: 1 2 3", "Tell me a story."]
@@ -18,12 +19,7 @@ PROMPTS = ["Hi", "What is the capital of France? Answer in one word.", "Count: 1
 
 @pytest.fixture(scope="module")
 def lm():
-    """tiny-random with its embeddings scaled up, so its next-token distributions are
-    peaked (the unscaled model is nearly uniform, which makes comparisons toothless)."""
-    lm = load_model(TINY)
-    with torch.no_grad():
-        lm.model.get_input_embeddings().weight.mul_(5.0)
-    return lm
+    return peaked_tiny_random()
 
 
 @pytest.fixture(scope="module")

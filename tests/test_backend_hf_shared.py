@@ -11,7 +11,7 @@ import torch
 
 from rolekit.backends.hf import MIN_SHARED_PREFIX, HFBackend, shared_prefix
 from rolekit.chat import ChatTokenizer
-from rolekit.models import TINY, load_model
+from rolekit.testing import peaked_tiny_random
 from rolekit.types import GenerationRequest
 
 RULES = ("You are playing a game. The rules: each player names a number from one to nine; the higher "
@@ -21,11 +21,7 @@ QUESTIONS = ["Your move?", "The other player said 7. Your move?", "Say a number,
 
 @pytest.fixture(scope="module")
 def lm():
-    """tiny-random with peaked next-token distributions (see test_backend_hf)."""
-    lm = load_model(TINY)
-    with torch.no_grad():
-        lm.model.get_input_embeddings().weight.mul_(5.0)
-    return lm
+    return peaked_tiny_random()
 
 
 @pytest.fixture(scope="module")

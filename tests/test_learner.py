@@ -11,16 +11,14 @@ import torch
 
 from rolekit.backends.hf import MIN_SHARED_PREFIX, shared_prefix
 from rolekit.learner import bucket_cost, completion_logprobs, micro_batches
-from rolekit.models import TINY, load_model
+from rolekit.testing import peaked_tiny_random
 from rolekit.types import Sample
 
 
 @pytest.fixture(scope="module")
 def model():
-    lm = load_model(TINY)
+    lm = peaked_tiny_random()
     torch.manual_seed(0)  # the random LoRA init below: the same whatever ran before in the session
-    with torch.no_grad():
-        lm.model.get_input_embeddings().weight.mul_(5.0)  # peaked distributions: a comparison with teeth
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                              init_lora_weights=False)  # non-zero B: the adapter changes the outputs
     return peft.get_peft_model(lm.model, config)
