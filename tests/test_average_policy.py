@@ -14,20 +14,11 @@ kuhn_eval = pytest.importorskip("rolekit_games.kuhn_eval")
 from rolekit_games.kuhn import KuhnPoker  # noqa: E402
 
 pyspiel = pytest.importorskip("pyspiel")  # test dependency of rolekit-games: pip install open_spiel
-from open_spiel.python import policy as os_policy  # noqa: E402
 from open_spiel.python.algorithms import exploitability as os_exploitability  # noqa: E402
 from open_spiel.python.algorithms.policy_aggregator import PolicyAggregator  # noqa: E402
 
 OS_GAME = pyspiel.load_game("kuhn_poker")
 
-
-def to_openspiel(policy):
-    """A ``kuhn_eval`` policy (infoset -> P(bet/call)) as an OpenSpiel tabular policy."""
-    table = os_policy.TabularPolicy(OS_GAME)
-    for key, q in policy.items():
-        row = table.state_lookup[str(kuhn_eval.CARDS.index(key[0])) + key[1:]]
-        table.action_probability_array[row] = [1 - float(q), float(q)]
-    return table
 
 
 def random_policy(rng, pure_share=0.3):
@@ -45,7 +36,7 @@ def test_average_policy_exploitability_equals_openspiels_policy_aggregator(seed)
     ours = kuhn_eval.exploitability(kuhn_eval.average_policy(members, weights))
 
     total = sum(weights)
-    tables = [to_openspiel(p) for p in members]
+    tables = [kuhn_eval.to_openspiel(p, OS_GAME) for p in members]
     aggregated = PolicyAggregator(OS_GAME).aggregate(
         [0, 1], [tables, tables], [[w / total for w in weights]] * 2)
     theirs = os_exploitability.exploitability(OS_GAME, aggregated)
@@ -65,8 +56,8 @@ def test_game_average_strategy_takes_action_tables_and_matches_openspiel():
             table[key] = {passive: 1 - p[key], aggressive: p[key]}
         tables.append(table)
     result = evaluate.average_strategy(game, tables, weights, weighting="uniform", steps=[5, 10, 15])
-    aggregated = PolicyAggregator(OS_GAME).aggregate([0, 1], [[to_openspiel(p) for p in members]] * 2,
-                                                     [weights] * 2)
+    theirs = [kuhn_eval.to_openspiel(p, OS_GAME) for p in members]
+    aggregated = PolicyAggregator(OS_GAME).aggregate([0, 1], [theirs] * 2, [weights] * 2)
     assert result["exploitability"] == pytest.approx(os_exploitability.exploitability(OS_GAME, aggregated),
                                                      abs=1e-9)
     assert [m["step"] for m in result["members"]] == [5, 10, 15]

@@ -197,3 +197,16 @@ def average_policy(policies: list[Policy], weights: list[Number]) -> dict[str, N
         else:
             out[key] = sum(w * p[key] for w, p in zip(weights, policies)) / sum(weights)
     return out
+
+
+def to_openspiel(policy: Policy, game):
+    """``policy`` (infoset -> P(bet/call)) as an OpenSpiel ``TabularPolicy`` of ``game``
+    (``pyspiel.load_game("kuhn_poker")``), whose information-set strings name the card by
+    its index; for checking this module against OpenSpiel (needs ``open_spiel``)."""
+    from open_spiel.python import policy as os_policy
+
+    table = os_policy.TabularPolicy(game)
+    for key, q in policy.items():
+        row = table.state_lookup[str(CARDS.index(key[0])) + key[1:]]
+        table.action_probability_array[row] = [1 - float(q), float(q)]
+    return table

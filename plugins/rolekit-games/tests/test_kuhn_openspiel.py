@@ -33,13 +33,6 @@ def openspiel_returns(deal, history):
     return state.returns()
 
 
-def to_openspiel(policy):
-    table = os_policy.TabularPolicy(OS_GAME)
-    for key, q in policy.items():
-        row = table.state_lookup[str(kuhn_eval.CARDS.index(key[0])) + key[1:]]
-        table.action_probability_array[row] = [1 - float(q), float(q)]
-    return table
-
 
 def test_terminal_sequences_are_the_five_of_kuhn():
     assert sorted(action_sequences()) == sorted(kuhn_eval.TERMINALS)
@@ -79,7 +72,7 @@ def test_nash_family_is_unexploitable(alpha):
     policy = kuhn_eval.nash_policy(alpha)
     assert kuhn_eval.exploitability(policy) == 0
     assert kuhn_eval.expected_value(policy) == kuhn_eval.GAME_VALUE == Fraction(-1, 18)
-    theirs = os_exploitability.exploitability(OS_GAME, to_openspiel(policy))
+    theirs = os_exploitability.exploitability(OS_GAME, kuhn_eval.to_openspiel(policy, OS_GAME))
     assert theirs == pytest.approx(0.0, abs=1e-9)
 
 
@@ -94,10 +87,10 @@ def test_random_policies_match_openspiel(seed):
     policy = {key: rng.random() for key in kuhn_eval.INFOSETS}
     if seed % 2:  # some deterministic choices too
         policy.update({key: float(rng.random() < 0.5) for key in rng.sample(kuhn_eval.INFOSETS, 4)})
-    theirs = os_exploitability.exploitability(OS_GAME, to_openspiel(policy))
+    theirs = os_exploitability.exploitability(OS_GAME, kuhn_eval.to_openspiel(policy, OS_GAME))
     assert float(kuhn_eval.exploitability(policy)) == pytest.approx(theirs, abs=1e-9)
     assert float(kuhn_eval.nash_conv(policy)) == pytest.approx(
-        os_exploitability.nash_conv(OS_GAME, to_openspiel(policy)), abs=1e-9)
+        os_exploitability.nash_conv(OS_GAME, kuhn_eval.to_openspiel(policy, OS_GAME)), abs=1e-9)
 
 
 def test_best_response_is_exact_with_fractions():
