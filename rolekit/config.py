@@ -43,6 +43,7 @@ def _backend(name) -> None:
 class ModelConfig:
     name: str = "smollm2-135m-instruct"  # embedded default, "tiny-random", or a model directory
     device: str = "cpu"  # "cpu" or "cuda"; fp32 on CPU, bf16 on CUDA
+    bf16: bool | None = None  # forward passes under bf16 autocast (weights and AdamW stay fp32); None: on CUDA only. On a CPU with AMX (Sapphire Rapids and later) True is ~1.5x faster generation and ~2x faster learning
 
 
 @attrs.frozen
@@ -89,7 +90,7 @@ class AlgorithmConfig:
     kl_estimator: str = attrs.field(default="k3", validator=attrs.validators.in_(("k1", "k2", "k3")))
     max_grad_norm: float = attrs.field(default=1.0, validator=_positive)
     micro_batch_tokens: int = attrs.field(default=1024, validator=_positive)  # learner tokens per micro-batch (memory)
-    recompute_logprobs: bool | None = None  # old logprobs from a forward pass (True) or generation (False); None: on CUDA only (bf16 generation logprobs differ from the learner's)
+    recompute_logprobs: bool | None = None  # old logprobs from a forward pass (True) or generation (False); None: where forward passes run in bf16 (CUDA, model.bf16), whose generation logprobs differ from the learner's
     advantage: str = "rae"  # default estimator: rae, grpo, role_norm, raw (or a plugin's)
     advantage_options: dict[str, Any] = attrs.Factory(dict)  # e.g. {decay = 0.95} for rae
     max_nonfinite_steps: int = 3  # abort after this many consecutive non-finite losses

@@ -171,7 +171,8 @@ class Policy:
         # rollout.backend: "hf" generates with this very module; "vllm" runs an engine in this
         # process, fed the new adapter or weights by every sync (a LoRA slot per snapshot in use)
         self.backend = make_backend(config.rollout.backend, model, self.chat, max_batch_size=config.rollout.batch_size,
-                                    adapters=config.snapshots.pool_size + 1, seed=config.seed)
+                                    adapters=config.snapshots.pool_size + 1, seed=config.seed,
+                                    autocast_bf16=config.model.bf16)
         self.local_backend = self.backend  # generates from this process's model, whatever it is set to
         if config.distributed.ray_address is not None:  # generation on Ray workers, each with a copy of the model
             from rolekit.distributed.rollout import RayBackend
@@ -313,7 +314,7 @@ class Trainer:
         learner = Learner if self.data_parallel is None else self.data_parallel.learner_class
         self.learner = learner(self.policy.model, list(self.policy.params.values()), alg,
                                device=self.policy.device, reference=self.policy.reference,
-                               data_parallel=self.data_parallel)
+                               autocast_bf16=config.model.bf16, data_parallel=self.data_parallel)
         self.scripted = {}
         for game, entry in zip(self.curriculum.games, config.curriculum):
             seats = {r: w for r, w in entry.seats.items() if w.startswith(SCRIPTED)}

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from rolekit.backends.hf import (MIN_SHARED_PREFIX, autocast, run_continuations, run_prompts, share_prompts,
-                                 split_model)
+from rolekit.backends.hf import (MIN_SHARED_PREFIX, autocast, mixed_precision, run_continuations, run_prompts,
+                                 share_prompts, split_model)
 from rolekit.losses import kl_estimate, ppo_clip, token_weights
 from rolekit.types import Sample
 
@@ -262,17 +262,18 @@ def pad_old_logprobs(samples: Sequence[Sample], t_max: int, device) -> torch.Ten
     return out.to(device)
 
 
-def recompute_old_logprobs(setting: bool | None, device) -> bool:
+def recompute_old_logprobs(setting: bool | None, device, autocast_bf16: bool | None = None) -> bool:
     """Take PPO's old logprobs from a forward pass before the update (True), or use the ones
-    recorded at sampling time (False)? ``setting`` None decides by device.
+    recorded at sampling time (False)? ``setting`` None decides by precision: recompute
+    where forward passes run under bf16 autocast (``autocast_bf16``; None: on CUDA).
 
-    On CUDA recompute: generation runs bf16 kernels on other shapes (KV cache, batch
-    padding) than the learner, and its logprobs differ from a learner pass by up to ~3e-2,
-    so the PPO ratio would not start at 1 and clipping would act on noise. On the CPU, in
-    fp32, they agree to ~1e-5 and the extra pass is saved.
+    Under bf16, generation runs its kernels on other shapes (KV cache, batch padding) than
+    the learner, and its logprobs differ from a learner pass by up to ~3e-2, so the PPO
+    ratio would not start at 1 and clipping would act on noise. In fp32 they agree to
+    ~1e-5 and the extra pass is saved.
     """
     if setting is None:
-        return torch.device(device).type == "cuda"
+        return mixed_precision(device) if autocast_bf16 is None else bool(autocast_bf16)
     return bool(setting)
 
 
@@ -295,7 +296,7 @@ class Learner:
         # with its adapter disabled, so it costs no second model), or None
         self.reference = reference
         self.autocast_bf16 = autocast_bf16
-        self.recompute = recompute_old_logprobs(cfg.recompute_logprobs, device)
+        self.recompute = recompute_old_logprobs(cfg.recompute_logprobs, device, autocast_bf16)
         self.data_parallel = data_parallel
         if data_parallel is not None:
             data_parallel.broadcast_parameters(params)  # every rank starts from rank 0's weights

@@ -153,21 +153,36 @@ def test_backend_generates_and_scores_under_autocast_when_asked():
 # --------------------------------------------------------------------------- recompute (item 8, CUDA part)
 
 
-def test_old_logprobs_are_recomputed_by_default_on_cuda_only():
+def test_old_logprobs_are_recomputed_by_default_where_forward_passes_run_in_bf16():
     from rolekit.learner import recompute_old_logprobs
 
     assert recompute_old_logprobs(None, "cuda") is True  # bf16 generation logprobs differ from the learner's
     assert recompute_old_logprobs(None, torch.device("cpu")) is False  # fp32: they agree to 1e-5
+    assert recompute_old_logprobs(None, "cpu", True) is True  # model.bf16 = true on the CPU
+    assert recompute_old_logprobs(None, "cuda", False) is False
     assert recompute_old_logprobs(True, "cpu") is True
     assert recompute_old_logprobs(False, "cuda") is False
+    assert recompute_old_logprobs(False, "cpu", True) is False
 
 
-def test_the_learner_resolves_an_automatic_recompute_setting():
-    from rolekit.learner import Learner
+def test_model_bf16_trains_under_autocast_on_the_cpu(tmp_path, monkeypatch):
+    """``model.bf16 = true``: rollout and learner run their matmuls in bf16 (AMX on a recent
+    Xeon), old logprobs are recomputed, the weights stay fp32, and the echo task is learned."""
+    from rolekit import engine
+    from tests.test_engine import ECHO, mean_return, train
 
-    model = load_model(TINY).model
-    params = [p for p in model.parameters() if p.requires_grad]
-    cfg = AlgorithmConfig(recompute_logprobs=None)
-    assert Learner(model, params, cfg, device=torch.device("cuda")).recompute is True  # nothing runs on CUDA
-    assert Learner(model, params, cfg, device="cpu").recompute is False
-    assert Learner(model, params, AlgorithmConfig(recompute_logprobs=True), device="cpu").recompute is True
+    seen = {}
+    run = engine.Trainer.run
+
+    def spied_run(trainer):
+        seen.update(backend=trainer.policy.backend.autocast_bf16, recompute=trainer.learner.recompute)
+        with DtypeSpy(trainer.policy.model) as spy:
+            out = run(trainer)
+        seen["dtypes"] = spy.seen
+        return out
+
+    monkeypatch.setattr(engine.Trainer, "run", spied_run)
+    trainer, history = train(tmp_path, {**ECHO, "model": {"name": "tiny-random", "bf16": True}})
+    assert seen == {"backend": True, "recompute": True, "dtypes": {torch.bfloat16}}
+    assert {p.dtype for p in trainer.policy.params.values()} == {torch.float32}
+    assert mean_return(history, 3) > 0.8, [m["roles"]["echo/speaker"]["mean_return"] for m in history]

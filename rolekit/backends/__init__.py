@@ -39,16 +39,17 @@ BACKENDS = ("hf", "vllm")
 
 
 def make_backend(name: str, model: Any, tokenizer: Any, *, max_batch_size: int = 32, adapters: int = 4,
-                 seed: int = 0) -> Backend:
+                 seed: int = 0, autocast_bf16: bool | None = None) -> Backend:
     """The backend ``name`` generating from ``model`` (the learner's, trained in this process).
 
     ``adapters``: LoRA slots a vLLM engine keeps (the policy and the snapshot opponents in
     use); ``seed``: the vLLM engine's seed. The HF backend needs neither.
+    ``autocast_bf16``: the HF backend's forward passes under bf16 autocast (None: on CUDA).
     """
     if name == "hf":
         from rolekit.backends.hf import HFBackend
 
-        return HFBackend(model, tokenizer, max_batch_size=max_batch_size)
+        return HFBackend(model, tokenizer, max_batch_size=max_batch_size, autocast_bf16=autocast_bf16)
     if name == "vllm":
         import importlib.util
 
