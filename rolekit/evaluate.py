@@ -182,31 +182,72 @@ def play_against(kernel: Kernel, game, policy: Policy, opponent: str, *, episode
     responders[POLICY] = policy.responder
     plan = rollout.specs(game, episodes, seed, seats, mirror=mirror, alternate=not mirror)
     played = []
-    for episode in Scheduler(responders, kernel=kernel, concurrency=concurrency).run(plan):
-        played.append(episode)
-        if progress is not None:
-            progress(len(played), episodes)
+    beating = progress.heartbeat(episodes) if isinstance(progress, Progress) else contextlib.nullcontext()
+    with beating:
+        for episode in Scheduler(responders, kernel=kernel, concurrency=concurrency).run(plan):
+            played.append(episode)
+            if progress is not None:
+                progress(len(played), episodes)
     return played
 
 
 class Progress:
     """``rolekit eval``'s progress on stderr: a line at most every ``every_s`` seconds (and
-    at the end), so a long evaluation is never silent; stdout stays the result alone."""
+    at the end), so a long evaluation is never silent; stdout stays the result alone.
 
-    def __init__(self, what: str, *, every_s: float = 10.0, stream=None):
-        self.what, self.every_s = what, every_s
+    Episodes played concurrently all end near the end, so inside :meth:`heartbeat` a
+    thread also prints a line whenever ``every_s`` passes without one, with the policy's
+    moves so far (``moves()``, e.g. its backend's generation and scoring calls)."""
+
+    def __init__(self, what: str, *, every_s: float = 10.0, stream=None, moves: Callable[[], int] | None = None):
+        self.what, self.every_s, self.moves = what, every_s, moves
         self.stream = sys.stderr if stream is None else stream
         self.start = self.last = time.perf_counter()
+        self.done: int | None = None
+        self.total: int | None = None
 
     def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
         now = time.perf_counter()
         if done == total or now - self.last >= self.every_s:
-            self.last = now
-            print(f"rolekit eval: {done}/{total} {self.what} ({now - self.start:.0f} s)", file=self.stream,
-                  flush=True)
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        self.last = now
+        moves = f", {self.moves()} policy batches" if self.moves is not None else ""
+        print(f"rolekit eval: {self.done or 0}/{self.total if self.total is not None else '?'} {self.what}{moves} "
+              f"({now - self.start:.0f} s)", file=self.stream, flush=True)
+
+    @contextlib.contextmanager
+    def heartbeat(self, total: int):
+        """While inside: a line at least every ``every_s`` seconds, even with no episode done."""
+        import threading
+
+        self.total = total
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(min(1.0, max(0.05, self.every_s))):
+                now = time.perf_counter()
+                if now - self.last >= self.every_s:
+                    self._line(now)
+
+        thread = threading.Thread(target=beat, name="rolekit-eval-progress", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
     def note(self, message: str) -> None:
         print(f"rolekit eval: {message}", file=self.stream, flush=True)
+
+
+def _backend_calls(policy: Policy) -> Callable[[], int] | None:
+    """The policy backend's generation and scoring batches so far, if it counts them."""
+    backend = policy.backend
+    return (lambda: backend.calls) if hasattr(backend, "calls") else None
 
 
 def score(episodes: Sequence[Episode]) -> dict[str, Any]:
@@ -587,7 +628,8 @@ def evaluate(kernel: Kernel, *, game: str, policy: str, opponent: str = "random"
     opponent_name = opponent.removeprefix(rollout.SCRIPTED)
     played = play_against(kernel, the_game, the_policy, opponent_name, episodes=episodes, seed=seed,
                           mirror=mirror, concurrency=concurrency,
-                          progress=Progress(f"episodes vs {opponent_name}") if progress else None)
+                          progress=Progress(f"episodes vs {opponent_name}", moves=_backend_calls(the_policy))
+                          if progress else None)
     result = score(played)
     report: dict[str, Any] = {"game": game, "policy": policy, "opponent": opponent_name,
                               "episodes": result.pop("episodes", 0), "seed": seed}

@@ -97,3 +97,33 @@ def test_cli_says_which_checkpoint_and_quiet_silences_progress(run):
 def test_average_needs_a_run():
     with pytest.raises(ValueError, match="--average: --policy 'tiny-random' is not a run"):
         evaluate.evaluate(Kernel(), game="kuhn_poker", policy="tiny-random", episodes=1, average=True)
+
+
+def test_progress_beats_while_no_episode_has_ended():
+    """Concurrent episodes all end near the end: the heartbeat still prints, with the
+    policy's batches so far, and never after the evaluation is over."""
+    import time
+
+    stream, batches = io.StringIO(), iter(range(1, 1000))
+    progress = evaluate.Progress("episodes vs random", every_s=0.1, stream=stream, moves=lambda: next(batches))
+    with progress.heartbeat(8):
+        time.sleep(0.55)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) >= 3 and all(line.startswith("rolekit eval: 0/8 episodes vs random, ") for line in lines)
+    assert "policy batches" in lines[-1]
+    time.sleep(0.3)
+    assert stream.getvalue().splitlines() == lines  # stopped
+
+
+def test_play_against_reports_progress_before_the_first_episode_ends():
+    kernel = Kernel()
+    game = evaluate.rollout.make_game(kernel, "tictactoe", {})
+    policy = evaluate.load_policy(kernel, game, "tiny-random", batch_size=4)
+    stream = io.StringIO()
+    progress = evaluate.Progress("episodes vs random", every_s=0.0, stream=stream,
+                                 moves=evaluate._backend_calls(policy))
+    played = evaluate.play_against(kernel, game, policy, "random", episodes=4, concurrency=4, progress=progress)
+    lines = stream.getvalue().splitlines()
+    assert len(played) == 4 and lines[-1].startswith("rolekit eval: 4/4 episodes vs random")
+    assert any(line.startswith("rolekit eval: 0/4 episodes vs random, ") for line in lines), lines
+    assert int(lines[-1].split(", ")[1].split()[0]) > 0  # the backend's batches were counted
