@@ -151,8 +151,12 @@ class Policy:
         from rolekit.models import load_model
 
         self.config = config
-        loaded = load_model(config.model.name, device=config.model.device,  # full FT: fp32 master weights
-                            finetune="lora" if config.lora.enabled else "full")
+        # full FT: fp32 master weights. LoRA under model.bf16: a bf16 base (autocast would cast
+        # every frozen fp32 weight again at every forward pass), the adapter fp32 (peft)
+        bf16_base = bool(config.model.bf16) and config.lora.enabled
+        loaded = load_model(config.model.name, device=config.model.device,
+                            finetune="lora" if config.lora.enabled else "full",
+                            dtype=torch.bfloat16 if bf16_base else None)
         self.tokenizer, self.device = loaded.tokenizer, loaded.device
         model = loaded.model
         if config.lora.enabled:
