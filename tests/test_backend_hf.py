@@ -271,3 +271,27 @@ def test_score_shares_prompts_and_matches_one_full_pass_per_pair(lm, chat, batch
         expected = [logp[len(p) - 1 + j, t].item() for j, t in enumerate(c)]
         expected.append(torch.logsumexp(logp[len(p) + len(c) - 1, stop], -1).item())
         assert values == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("cache_tokens", [1, 40])  # a row per pass; a few rows per pass
+def test_score_in_chunks_of_copied_cache_rows_matches_one_pass(lm, chat, monkeypatch, cache_tokens):
+    """Many answers to long prompts are scored in chunks (each copies its prompt's cache row):
+    the same values as all continuations in one pass, and the prompt cache is left intact."""
+    from rolekit.backends import hf
+
+    prompts = [chat.encode(p) for p in PROMPTS[:3]]
+    completions = [chat.text_ids(t) for t in ("Paris", "bet]", "a much longer continuation here", "x")]
+    pairs = [(p, c) for c in completions for p in prompts]
+    stop = [chat.text_ids("]")[0], *sorted(chat.eos_ids)]
+    whole = hf.teacher_forced(lm.model, pairs, pad_id=chat.pad_id, temperature=0.7, batch_size=8, stop_ids=stop,
+                              share=True)
+    passes = []
+    monkeypatch.setattr(hf, "CONTINUATION_CACHE_TOKENS", cache_tokens)
+    run = hf.run_continuations
+    monkeypatch.setattr(hf, "run_continuations", lambda *a, **k: passes.append(len(a[2])) or run(*a, **k))
+    chunked = hf.teacher_forced(lm.model, pairs, pad_id=chat.pad_id, temperature=0.7, batch_size=8, stop_ids=stop,
+                                share=True)
+    assert len(passes) > 1 and sum(passes) == len(pairs)
+    assert max(passes) == (1 if cache_tokens == 1 else max(1, cache_tokens // max(len(p) for p in prompts)))
+    for a, b in zip(whole, chunked):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-5)  # float noise: different batch shapes

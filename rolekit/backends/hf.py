@@ -339,8 +339,7 @@ def _score_group(model: Any, prompts: Sequence[tuple[int, ...]], items: Sequence
         first_logits = head(prompt_pass.last)  # (P, V): predicts each completion's first token
         later = None  # (N, C, V): position j predicts completion token j + 1 (and the stop after the last)
         if longest > 0:
-            index = torch.tensor([g for g, _ in items], dtype=torch.long)
-            later = head(run_continuations(decoder, prompt_pass, index, [c for _, c in items], longest, device, pad_id))
+            later = _continuation_logits(decoder, head, prompt_pass, items, longest, device, pad_id)
         rows = [first_logits[g:g + 1] if later is None else torch.cat([first_logits[g:g + 1], later[row, :len(c)]])
                 for row, (g, c) in enumerate(items)]
     out = []
@@ -354,6 +353,41 @@ def _score_group(model: Any, prompts: Sequence[tuple[int, ...]], items: Sequence
             values.append(torch.logsumexp(logp[c, list(stop_ids)], dim=-1).item())
         out.append(tuple(values))
     return out
+
+
+CONTINUATION_CACHE_TOKENS = 16384  # cached prompt tokens copied for one pass of continuations (fp32 SmolLM2: ~0.75 GB)
+
+
+def _continuation_logits(decoder: Any, head: Any, prompt_pass: PromptPass, items, longest: int, device: Any,
+                         pad_id: int) -> torch.Tensor:
+    """(N, ``longest``, V) logits of each item's continuation against its prompt's cache row.
+
+    Each continuation runs on its own copy of its prompt's cache row, so k answers scored
+    for one long prompt copy it k times: negotiation's 22 legal answers to 20 prompts of
+    ~650 tokens took 14 GB and more time in copies than in the matmuls. Here the items run
+    in chunks whose copied rows hold at most ``CONTINUATION_CACHE_TOKENS`` tokens; the
+    values are the same as in one pass (tested).
+    """
+    index = torch.tensor([g for g, _ in items], dtype=torch.long)
+    layers = getattr(prompt_pass.cache, "layers", None)
+    per_row = prompt_pass.mask.shape[1]
+    chunk = max(1, CONTINUATION_CACHE_TOKENS // max(1, per_row))
+    if len(items) <= chunk or not layers or not all(hasattr(layer, "keys") for layer in layers):
+        return head(run_continuations(decoder, prompt_pass, index, [c for _, c in items], longest, device, pad_id))
+    saved = [(layer.keys, layer.values) for layer in layers]
+    out = []
+    try:
+        for start in range(0, len(items), chunk):
+            rows = index[start:start + chunk]
+            for layer, (keys, values) in zip(layers, saved):  # this chunk's rows, fresh (the pass appends to them)
+                layer.keys, layer.values = keys, values
+            part = PromptPass(prompt_pass.last, prompt_pass.cache, prompt_pass.mask, prompt_pass.lengths)
+            out.append(head(run_continuations(decoder, part, rows, [c for _, c in items[start:start + chunk]],
+                                              longest, device, pad_id)))
+    finally:
+        for layer, (keys, values) in zip(layers, saved):
+            layer.keys, layer.values = keys, values
+    return torch.cat(out)
 
 
 class SeededSampler:
