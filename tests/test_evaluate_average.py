@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from rolekit import evaluate
 from rolekit.config import from_dict
@@ -127,3 +128,14 @@ def test_play_against_reports_progress_before_the_first_episode_ends():
     assert len(played) == 4 and lines[-1].startswith("rolekit eval: 4/4 episodes vs random")
     assert any(line.startswith("rolekit eval: 0/4 episodes vs random, ") for line in lines), lines
     assert int(lines[-1].split(", ")[1].split()[0]) > 0  # the backend's batches were counted
+
+
+def test_eval_bf16_runs_the_policy_in_bf16():
+    kernel = Kernel()
+    game = evaluate.rollout.make_game(kernel, "kuhn_poker", {"choose": True})
+    policy = evaluate.load_policy(kernel, game, "tiny-random", bf16=True)
+    assert {p.dtype for p in policy.model.model.parameters()} == {torch.bfloat16}
+    assert policy.backend.autocast_bf16 is True
+    report = evaluate.evaluate(kernel, game="kuhn_poker", policy="tiny-random", episodes=4,
+                               options={"choose": True}, exploitability=True, bf16=True)
+    assert report["episodes"] == 4 and 0 <= report["exploitability"] <= 1
