@@ -11,8 +11,8 @@ move) adds partial credit to that -1, so that its rewards vary too: -1 + 0.5 x t
 the answer's characters that are ASCII letters. Each step: 2 prompts x 8 completions of at
 most 32 tokens, temperature 1; GRPO advantages r - mean(r) (Dr. GRPO, no std scaling),
 PPO-clip at 0.2, no KL, loss summed over tokens / 32; LoRA r = 16 (alpha 32) on every
-projection; AdamW, lr 1e-5; fp32 (``--bf16``: both under bf16 autocast, weights fp32), no
-gradient checkpointing.
+projection; AdamW, lr 1e-5; fp32 (``--bf16``: both under bf16 autocast over a bf16 base, the
+LoRA adapter fp32), no gradient checkpointing.
 
 Samples trained on: both run the backward pass over all 16 completions of a step
 (rolekit: ``drop_zero = false``); the result gives, per step and framework, the samples
@@ -205,7 +205,7 @@ def trl_trainer(model_name: str, device: str, steps: int, out: Path, seed: int, 
     from rolekit.config import LoraConfig
     from rolekit.models import load_model
 
-    loaded = load_model(model_name, device=device)
+    loaded = load_model(model_name, device=device, dtype=torch.bfloat16 if bf16 else None)  # as rolekit's LoRA base
     prompts = decision_prompts()
     rows = [prompts[i % len(prompts)] for i in range(steps * PROMPTS_PER_STEP * 4)]
     # a plain-text prompt: the chat template rendered up to the assistant turn, then the prefix
