@@ -363,10 +363,11 @@ def _continuation_logits(decoder: Any, head: Any, prompt_pass: PromptPass, items
     """(N, ``longest``, V) logits of each item's continuation against its prompt's cache row.
 
     Each continuation runs on its own copy of its prompt's cache row, so k answers scored
-    for one long prompt copy it k times: negotiation's 22 legal answers to 20 prompts of
-    ~650 tokens took 14 GB and more time in copies than in the matmuls. Here the items run
-    in chunks whose copied rows hold at most ``CONTINUATION_CACHE_TOKENS`` tokens; the
-    values are the same as in one pass (tested).
+    for one long prompt copy it k times: `rolekit eval` on negotiation (22 legal answers
+    after ~650-token prompts, 16+ prompts a batch) grew to 12 GB. Here the items run in
+    chunks whose copied rows hold at most ``CONTINUATION_CACHE_TOKENS`` tokens (8 such
+    prompts: 7.0 -> 2.4 GB peak, a little faster); the values are the same as in one pass
+    (tested).
     """
     index = torch.tensor([g for g, _ in items], dtype=torch.long)
     layers = getattr(prompt_pass.cache, "layers", None)
@@ -381,8 +382,7 @@ def _continuation_logits(decoder: Any, head: Any, prompt_pass: PromptPass, items
             rows = index[start:start + chunk]
             for layer, (keys, values) in zip(layers, saved):  # this chunk's rows, fresh (the pass appends to them)
                 layer.keys, layer.values = keys, values
-            part = PromptPass(prompt_pass.last, prompt_pass.cache, prompt_pass.mask, prompt_pass.lengths)
-            out.append(head(run_continuations(decoder, part, rows, [c for _, c in items[start:start + chunk]],
+            out.append(head(run_continuations(decoder, prompt_pass, rows, [c for _, c in items[start:start + chunk]],
                                               longest, device, pad_id)))
     finally:
         for layer, (keys, values) in zip(layers, saved):
