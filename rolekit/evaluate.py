@@ -200,10 +200,10 @@ class Progress:
 
     Episodes played concurrently all end near the end, so inside :meth:`heartbeat` a
     thread also prints a line whenever ``every_s`` passes without one, with the policy's
-    moves so far (``moves()``, e.g. its backend's generation and scoring calls)."""
+    batches so far (``batches()``: its backend's generation and scoring calls)."""
 
-    def __init__(self, what: str, *, every_s: float = 10.0, stream=None, moves: Callable[[], int] | None = None):
-        self.what, self.every_s, self.moves = what, every_s, moves
+    def __init__(self, what: str, *, every_s: float = 10.0, stream=None, batches: Callable[[], int] | None = None):
+        self.what, self.every_s, self.batches = what, every_s, batches
         self.stream = sys.stderr if stream is None else stream
         self.start = self.last = time.perf_counter()
         self.done: int | None = None
@@ -217,8 +217,8 @@ class Progress:
 
     def _line(self, now: float) -> None:
         self.last = now
-        moves = f", {self.moves()} policy batches" if self.moves is not None else ""
-        print(f"rolekit eval: {self.done or 0}/{self.total if self.total is not None else '?'} {self.what}{moves} "
+        batches = f", {self.batches()} policy batches" if self.batches is not None else ""
+        print(f"rolekit eval: {self.done or 0}/{self.total if self.total is not None else '?'} {self.what}{batches} "
               f"({now - self.start:.0f} s)", file=self.stream, flush=True)
 
     @contextlib.contextmanager
@@ -631,7 +631,7 @@ def evaluate(kernel: Kernel, *, game: str, policy: str, opponent: str = "random"
     opponent_name = opponent.removeprefix(rollout.SCRIPTED)
     played = play_against(kernel, the_game, the_policy, opponent_name, episodes=episodes, seed=seed,
                           mirror=mirror, concurrency=concurrency,
-                          progress=Progress(f"episodes vs {opponent_name}", moves=_backend_calls(the_policy))
+                          progress=Progress(f"episodes vs {opponent_name}", batches=_backend_calls(the_policy))
                           if progress else None)
     result = score(played)
     report: dict[str, Any] = {"game": game, "policy": policy, "opponent": opponent_name,

@@ -105,8 +105,8 @@ def test_progress_beats_while_no_episode_has_ended():
     policy's batches so far, and never after the evaluation is over."""
     import time
 
-    stream, batches = io.StringIO(), iter(range(1, 1000))
-    progress = evaluate.Progress("episodes vs random", every_s=0.1, stream=stream, moves=lambda: next(batches))
+    stream, counter = io.StringIO(), iter(range(1, 1000))
+    progress = evaluate.Progress("episodes vs random", every_s=0.1, stream=stream, batches=lambda: next(counter))
     with progress.heartbeat(8):
         time.sleep(0.55)
     lines = stream.getvalue().splitlines()
@@ -122,7 +122,7 @@ def test_play_against_reports_progress_before_the_first_episode_ends():
     policy = evaluate.load_policy(kernel, game, "tiny-random", batch_size=4)
     stream = io.StringIO()
     progress = evaluate.Progress("episodes vs random", every_s=0.0, stream=stream,
-                                 moves=evaluate._backend_calls(policy))
+                                 batches=evaluate._backend_calls(policy))
     played = evaluate.play_against(kernel, game, policy, "random", episodes=4, concurrency=4, progress=progress)
     lines = stream.getvalue().splitlines()
     assert len(played) == 4 and lines[-1].startswith("rolekit eval: 4/4 episodes vs random")
