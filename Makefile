@@ -36,7 +36,7 @@ test-fast: setup
 ## The quick benchmarks (each under 2 minutes), after installing the bench extra (TRL, matplotlib).
 ## Each prints its figures as one JSON line last and writes bench/out/NAME.json; the full
 ## runs are in BENCHMARKS.md. On a GPU: make bench BENCH_ARGS="--device cuda"
-BENCHES ?= rollout concurrency learner choose vs_trl learning sandbox
+BENCHES ?= rollout concurrency learner choose vs_trl lean_lora learning sandbox
 BENCH_STAMP = $(VENV)/.rolekit-bench-installed
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml

@@ -90,7 +90,7 @@ class AlgorithmConfig:
     kl_estimator: str = attrs.field(default="k3", validator=attrs.validators.in_(("k1", "k2", "k3")))
     max_grad_norm: float = attrs.field(default=1.0, validator=_positive)
     micro_batch_tokens: int = attrs.field(default=1024, validator=_positive)  # learner tokens per micro-batch (memory)
-    recompute_logprobs: bool | None = None  # old logprobs from a forward pass (True) or generation (False); None: where forward passes run in bf16 (CUDA, model.bf16), whose generation logprobs differ from the learner's
+    recompute_logprobs: bool | None = None  # old logprobs from the learner's epoch-0 pass, no extra pass (True) or generation (False); None: where forward passes run in bf16 (CUDA, model.bf16), whose generation logprobs differ from the learner's
     advantage: str = "rae"  # default estimator: rae, grpo, role_norm, raw (or a plugin's)
     advantage_options: dict[str, Any] = attrs.Factory(dict)  # e.g. {decay = 0.95} for rae
     max_nonfinite_steps: int = 3  # abort after this many consecutive non-finite losses

@@ -8,6 +8,7 @@ is not rounded away as it would be on bf16 weights.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections import defaultdict
@@ -200,21 +201,22 @@ def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_e
         full, shared = bucket_cost(samples, shared=False)[0], bucket_cost(samples, shared=True)[0]
         share = share_prompts(device, full, shared)
     hidden = (_hidden_shared if share else _hidden_full)(decoder, samples, device, t_max)  # (B, T, H)
-    logits = head(hidden.reshape(-1, hidden.shape[-1])).float()  # (B*T, V)
-    targets, valid = [], []
-    for s in samples:
-        c = len(s.completion_ids)
-        targets += [s.completion_ids[min(t, c - 1)] for t in range(t_max)]  # padding repeats the last; masked
-        valid += [t < c for t in range(t_max)]
-    temps = torch.tensor([max(s.temperature, 1e-5) if s.temperature > 0 else 1.0 for s in samples],
-                         device=device).repeat_interleave(t_max)
-    logits = logits / temps[:, None]
-    logp = torch.log_softmax(logits, dim=-1)
-    chosen = logp.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
+    # the LM head and the softmax over the vocabulary run at the completion tokens only, not
+    # at the padding of shorter completions (their values are masked anyway): 0 there
     shape = (len(samples), t_max)
-    mask = torch.tensor(valid, device=device).view(shape)
-    # entropy from the log-softmax already taken (entropy_from_logits would take it again)
-    entropy = _entropy(logp if entropy_grad else logp.detach()).view(shape) if with_entropy else None
+    mask = torch.tensor([[t < len(s.completion_ids) for t in range(t_max)] for s in samples], device=device)
+    rows = mask.view(-1).nonzero().squeeze(1)  # (N,) positions of completion tokens in (B*T)
+    logits = head(hidden.reshape(-1, hidden.shape[-1])[rows]).float()  # (N, V)
+    targets = torch.tensor([t for s in samples for t in s.completion_ids], device=device)  # (N,)
+    temps = [max(s.temperature, 1e-5) if s.temperature > 0 else 1.0 for s in samples]
+    if any(t != 1.0 for t in temps):
+        logits = logits / torch.tensor(temps, device=device).repeat_interleave(mask.sum(1))[:, None]
+    logp = torch.log_softmax(logits, dim=-1)
+    chosen = logp.new_zeros(shape).view(-1).index_put((rows,), logp.gather(1, targets[:, None]).squeeze(1))
+    entropy = None
+    if with_entropy:  # from the log-softmax already taken (entropy_from_logits would take it again)
+        per_token = _entropy(logp if entropy_grad else logp.detach())
+        entropy = per_token.new_zeros(shape).view(-1).index_put((rows,), per_token).view(shape)
     return chosen.view(shape), mask, entropy
 
 
@@ -263,9 +265,13 @@ def pad_old_logprobs(samples: Sequence[Sample], t_max: int, device) -> torch.Ten
 
 
 def recompute_old_logprobs(setting: bool | None, device, autocast_bf16: bool | None = None) -> bool:
-    """Take PPO's old logprobs from a forward pass before the update (True), or use the ones
+    """Take PPO's old logprobs from the learner's own forward pass (True), or use the ones
     recorded at sampling time (False)? ``setting`` None decides by precision: recompute
     where forward passes run under bf16 autocast (``autocast_bf16``; None: on CUDA).
+
+    The learner's pass is epoch 0's, which runs before any update, so it costs no extra
+    pass (as TRL's ``per_token_logps.detach()``); later epochs reuse it. With LoRA
+    dropout it carries epoch 0's dropout mask.
 
     Under bf16, generation runs its kernels on other shapes (KV cache, batch padding) than
     the learner, and its logprobs differ from a learner pass by up to ~3e-2, so the PPO
@@ -275,6 +281,15 @@ def recompute_old_logprobs(setting: bool | None, device, autocast_bf16: bool | N
     if setting is None:
         return mixed_precision(device) if autocast_bf16 is None else bool(autocast_bf16)
     return bool(setting)
+
+
+def _keep_input_dtype(model: Any, active: bool):
+    """peft's ``disable_input_dtype_casting`` where ``active`` and ``model`` is a peft model."""
+    if not active or not hasattr(model, "peft_config"):
+        return contextlib.nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)
 
 
 class Learner:
@@ -303,8 +318,14 @@ class Learner:
 
     def _forward(self, model: Any, batch: Sequence[Sample], **kw):
         """``policy_logprobs`` of ``batch`` under the learner's autocast (the backward pass
-        follows the forward's dtypes by itself)."""
-        with autocast(self.device, self.autocast_bf16):
+        follows the forward's dtypes by itself).
+
+        Under autocast, peft's LoRA layers keep their bf16 input instead of casting it to
+        the fp32 adapter's dtype: autocast runs the adapter's matmuls in bf16 either way (the
+        same values), and the cast was a copy of every LoRA layer's input, forward and
+        backward (~20 % of a bf16 learner step on the CPU)."""
+        on = self.autocast_bf16 if self.autocast_bf16 is not None else mixed_precision(self.device)
+        with autocast(self.device, self.autocast_bf16), _keep_input_dtype(model, on):
             return policy_logprobs(model, batch, self.device, **kw)
 
     def step(self, samples: Sequence[Sample], max_new_tokens: int) -> dict[str, Any]:
@@ -335,9 +356,9 @@ class Learner:
         filler = 0  # lockstep: micro-batches added so every rank runs as many (the last ones; their loss weighs 0)
         if lockstep:
             samples, buckets, filler = dp.pad(published, samples, buckets)
-        old = {i: None for i in range(n_seq)}
-        if self.recompute:
-            old = self._recompute(samples, buckets, share=share)
+        # recompute: the old logprobs are epoch 0's own forward pass (detached), which runs
+        # before any update, so it is the pass a separate recompute would make; kept for later epochs
+        old: dict[int, torch.Tensor] = {}
         ref = self._reference_logprobs(samples, buckets, share) if cfg.kl_beta > 0 else {}
         per_key: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         totals = defaultdict(float)
@@ -353,7 +374,11 @@ class Learner:
                 logp, mask, entropy = self._forward(self.model, batch, with_entropy=epoch == 0 or bonus, share=share,
                                                     entropy_grad=bonus)
                 t_max = logp.shape[1]
-                if self.recompute:
+                if self.recompute and epoch == 0:
+                    old_lp = logp.detach()
+                    if cfg.ppo_epochs > 1:
+                        old.update({i: old_lp[j, : trained_positions(samples[i])] for j, i in enumerate(bucket)})
+                elif self.recompute:
                     old_lp = torch.stack([torch.nn.functional.pad(old[i], (0, t_max - old[i].numel())) for i in bucket])
                 else:
                     old_lp = pad_old_logprobs(batch, t_max, self.device)

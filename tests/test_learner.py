@@ -220,3 +220,46 @@ def test_incremental_micro_batches_make_the_old_algorithms_buckets():
             buckets = micro_batches(batch, budget, shared)
             assert buckets == expected, (budget, shared)
             assert [bucket_cost([batch[i] for i in b], shared) for b in buckets] == costs
+
+
+def test_recomputed_old_logprobs_come_from_epoch_zeros_own_pass(model, monkeypatch):
+    """With ``recompute_logprobs``, PPO's old logprobs are epoch 0's forward pass, made before
+    any update: no separate pass runs (forward passes = epochs x micro-batches), and the
+    update equals one whose samples carry logprobs from a no-grad pass before the step."""
+    from rolekit import learner as learner_module
+    from rolekit.config import AlgorithmConfig
+    from rolekit.learner import Learner
+
+    calls = []
+    forward = learner_module.policy_logprobs
+    monkeypatch.setattr(learner_module, "policy_logprobs", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
+    batch = samples(n=9, seed=3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    cfg = AlgorithmConfig(lr=1e-2, ppo_epochs=3, micro_batch_tokens=40, recompute_logprobs=True)
+
+    def run(cfg, batch):
+        with torch.no_grad():
+            for p, s in zip(params, start):
+                p.copy_(s)
+        learner = Learner(model, params, cfg, device="cpu")
+        calls.clear()
+        metrics = learner.step(batch, max_new_tokens=5)
+        return metrics, len(calls), [p.detach().clone() for p in params]
+
+    metrics, passes, recomputed = run(cfg, batch)
+    assert passes == cfg.ppo_epochs * metrics["micro_batches"]  # a separate recompute would add one per bucket
+    assert metrics["by_role"]["g/r"]["approx_kl_old"] == 0.0  # epoch 0: the ratio is exactly 1
+
+    with torch.no_grad():  # the same old logprobs, from a pass before the step, carried by the samples
+        for p, s in zip(params, start):
+            p.copy_(s)
+        logp, mask, _ = completion_logprobs(model, batch, "cpu")
+    carried = [attrs.evolve(s, logprobs=tuple(logp[b][mask[b]].tolist())) for b, s in enumerate(batch)]
+    _, _, expected = run(attrs.evolve(cfg, recompute_logprobs=False), carried)
+    assert any(not torch.equal(a, b) for a, b in zip(recomputed, start))  # the epochs moved the weights
+    for a, b in zip(recomputed, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        for p, s in zip(params, start):
+            p.copy_(s)  # the module-scoped model as the other tests found it

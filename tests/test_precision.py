@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rolekit import models
-from rolekit.backends.hf import HFBackend
+from rolekit.backends.hf import HFBackend, autocast
+from rolekit.learner import completion_logprobs
 from rolekit.chat import ChatTokenizer
 from rolekit.config import AlgorithmConfig
 from rolekit.models import TINY, load_model
@@ -186,3 +187,36 @@ def test_model_bf16_trains_under_autocast_on_the_cpu(tmp_path, monkeypatch):
     assert seen == {"backend": True, "recompute": True, "dtypes": {torch.bfloat16}}
     assert {p.dtype for p in trainer.policy.params.values()} == {torch.float32}
     assert mean_return(history, 3) > 0.8, [m["roles"]["echo/speaker"]["mean_return"] for m in history]
+
+
+def test_learner_keeps_lora_inputs_in_bf16_under_autocast_with_the_same_values_and_gradients():
+    """Under autocast the learner turns off peft's cast of each LoRA layer's input to the fp32
+    adapter dtype (a copy per layer, forward and backward): autocast runs those matmuls in
+    bf16 either way, so the loss and the adapter's gradients are the same bit for bit."""
+    from rolekit.config import AlgorithmConfig
+    from rolekit.learner import Learner, _keep_input_dtype
+
+    torch.manual_seed(0)
+    base = load_model(TINY, dtype=torch.bfloat16).model
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                      init_lora_weights=False))
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = samples()
+
+    def loss_and_grads(keep: bool):
+        model.zero_grad()
+        with autocast("cpu", True), _keep_input_dtype(model, keep):
+            logp, mask, _ = completion_logprobs(model, batch, "cpu")
+        loss = logp[mask].sum()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    (a, grads_a), (b, grads_b) = loss_and_grads(True), loss_and_grads(False)
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(grads_a, grads_b))
+
+    seen = []
+    layer = next(m for m in model.modules() if isinstance(m, peft.tuners.lora.Linear))
+    layer.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, module.cast_input_dtype_enabled)))
+    Learner(model, params, AlgorithmConfig(lr=1e-5), device="cpu", autocast_bf16=True).step(batch, max_new_tokens=3)
+    assert seen and all(s == (torch.bfloat16, False) for s in seen)
+    assert layer.cast_input_dtype_enabled  # restored after the step

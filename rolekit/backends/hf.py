@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from rolekit.backends.lora import LeanLoRA
 from rolekit.chat import ChatTokenizer
 from rolekit.types import Generation, GenerationRequest
 
@@ -442,15 +443,18 @@ class HFBackend:
     ``calls`` counts generation batches and ``tokens_generated`` the tokens
     returned. ``autocast_bf16``: generate and score under bf16 autocast (None: on CUDA,
     where the trained model may hold fp32 master weights; see :func:`autocast`).
+    ``lean_lora``: run a peft LoRA model through its exact lean view (:meth:`inference_model`).
     """
 
     name = "hf"
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32, max_batch_tokens: int | None = None,
-                 autocast_bf16: bool | None = None, share_prefill: bool | None = None):
+                 autocast_bf16: bool | None = None, share_prefill: bool | None = None, lean_lora: bool = True):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.model = model
+        self.lean_lora = lean_lora
+        self._lean = LeanLoRA(model)
         self.share_prefill = share_prefill
         self.autocast_bf16 = autocast_bf16
         self.chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
@@ -465,7 +469,18 @@ class HFBackend:
         there is nothing to copy; a different module replaces the current one."""
         if model is not None:
             self.model = model
+            self._lean = LeanLoRA(model)
         self.version += 1
+
+    def inference_model(self) -> Any:
+        """The module that generation and scoring run: a LoRA model's exact lean view
+        (:class:`rolekit.backends.lora.LeanLoRA`, the same weights without peft's per-call
+        overhead) unless ``lean_lora`` is off, else the model itself."""
+        if not self.lean_lora:
+            return self.model
+        device = next(self.model.parameters()).device
+        on = mixed_precision(device) if self.autocast_bf16 is None else self.autocast_bf16
+        return self._lean.model(torch.bfloat16 if on else None)
 
     # ------------------------------------------------------------------ batching
 
@@ -520,14 +535,14 @@ class HFBackend:
               batch_size: int | None = None) -> list[tuple[float, ...]]:
         """Per-token log pi(completion | prompt) at ``temperature``, by teacher forcing."""
         self.calls += 1
-        return teacher_forced(self.model, pairs, pad_id=self.chat.pad_id, temperature=temperature,
+        return teacher_forced(self.inference_model(), pairs, pad_id=self.chat.pad_id, temperature=temperature,
                               batch_size=batch_size or self.max_batch_size, autocast_bf16=self.autocast_bf16)
 
     @torch.inference_mode()
     def _generate_batch(self, batch: Sequence[GenerationRequest]) -> list[Generation]:
         from transformers import GenerationConfig
 
-        model = self.model
+        model = self.inference_model()
         device = next(model.parameters()).device
         first = batch[0]
         greedy = first.temperature <= 0
@@ -609,7 +624,7 @@ class HFBackend:
         """
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-        model = self.model
+        model = self.inference_model()
         device = next(model.parameters()).device
         first = batch[0]
         greedy = first.temperature <= 0
