@@ -5,7 +5,7 @@ and checkpoints off), identical but for ``model.bf16``, run their steps
 interleaved (the order alternating every round), so the load of a shared machine falls
 on both alike. Each step's seconds are split into generation (the backend's ``generate``
 and ``score``: constrained choices are scored) and learning (``Learner.step``, which under
-bf16 includes recomputing the old logprobs). The first step of each is a warm-up.
+bf16 takes its old logprobs from its own first pass, no extra pass). The first step of each is a warm-up.
 
 Fast bf16 on a CPU needs AMX or AVX512-BF16 (``grep -o 'amx_bf16\\|avx512_bf16' /proc/cpuinfo``);
 without them bf16 is slower than fp32, which is why ``model.bf16`` is off by default.

@@ -80,6 +80,7 @@ class AlgorithmConfig:
     steps: int = attrs.field(default=100, validator=_positive)
     max_minutes: float | None = None  # wall-clock budget of one invocation: stop (evaluate, save) after the step that crosses it
     lr: float = attrs.field(default=1e-4, validator=_positive)  # AdamW learning rate
+    lr_final: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))  # linear from lr at step 0 to this at the last step (None: constant)
     weight_decay: float = 0.0
     ppo_epochs: int = attrs.field(default=1, validator=_positive)  # passes over each rollout batch
     clip_eps: float = attrs.field(default=0.2, validator=_positive)  # PPO clip range epsilon
@@ -87,6 +88,7 @@ class AlgorithmConfig:
         ("constant", "token_mean", "seq_mean")))  # how token losses are summed (constant: Dr. GRPO)
     kl_beta: float = attrs.field(default=0.0, validator=_non_negative)  # weight of KL to the reference
     entropy_coef: float = attrs.field(default=0.0, validator=_non_negative)  # bonus on the policy's entropy (choices: over the legal answers)
+    entropy_coef_final: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))  # linear from entropy_coef to this at the last step (None: constant)
     kl_estimator: str = attrs.field(default="k3", validator=attrs.validators.in_(("k1", "k2", "k3")))
     max_grad_norm: float = attrs.field(default=1.0, validator=_positive)
     micro_batch_tokens: int = attrs.field(default=1024, validator=_positive)  # learner tokens per micro-batch (memory)

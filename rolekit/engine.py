@@ -373,6 +373,7 @@ class Trainer:
                 # --- learn: PPO-clip over the batch (the backend shares these weights) -------
                 if hasattr(self.policy.backend, "sleep"):  # vLLM on a GPU: its memory to the learner until sync
                     self.policy.backend.sleep()
+                self.learner.at_step(self.step, cfg.algorithm.steps)
                 learned = self.learner.step(batch, cfg.rollout.max_new_tokens) if batch else {}
                 timing["learn"] = time.perf_counter() - start - timing["rollout"]
                 self._check_finite(learned)
@@ -651,6 +652,7 @@ class Trainer:
             "episodes_per_s": len(episodes) / seconds if seconds else 0.0,
             "tokens_per_s": tokens / seconds if seconds else 0.0,
             "loss": learned.get("loss"), "grad_norm": learned.get("grad_norm"),
+            "lr": learned.get("lr"), "entropy_coef": learned.get("entropy_coef"),
             "padding_fraction": learned.get("padding_fraction"), "skipped_update": bool(learned.get("nonfinite")),
             "roles": by_role, "games": _game_logs(episodes),
         }

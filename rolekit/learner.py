@@ -292,6 +292,14 @@ def _keep_input_dtype(model: Any, active: bool):
     return disable_input_dtype_casting(model)
 
 
+def scheduled(start: float, final: float | None, step: int, steps: int) -> float:
+    """A linearly scheduled value: ``start`` at step 0, ``final`` at step ``steps - 1`` (the
+    run's last), constant past it; ``final`` None keeps ``start``."""
+    if final is None or steps <= 1:
+        return start
+    return start + (final - start) * min(1.0, step / (steps - 1))
+
+
 class Learner:
     """PPO-clip on token level, over micro-batches whose gradients sum to the batch loss.
 
@@ -312,9 +320,18 @@ class Learner:
         self.reference = reference
         self.autocast_bf16 = autocast_bf16
         self.recompute = recompute_old_logprobs(cfg.recompute_logprobs, device, autocast_bf16)
+        self.entropy_coef = cfg.entropy_coef  # this step's (``at_step``: algorithm.entropy_coef_final)
         self.data_parallel = data_parallel
         if data_parallel is not None:
             data_parallel.broadcast_parameters(params)  # every rank starts from rank 0's weights
+
+    def at_step(self, step: int, steps: int) -> None:
+        """Set the learning rate and the entropy bonus of step ``step`` (0-based) of a run
+        of ``steps``: linear to ``lr_final`` / ``entropy_coef_final`` where they are set."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = scheduled(cfg.lr, cfg.lr_final, step, steps)
+        self.entropy_coef = scheduled(cfg.entropy_coef, cfg.entropy_coef_final, step, steps)
 
     def _forward(self, model: Any, batch: Sequence[Sample], **kw):
         """``policy_logprobs`` of ``batch`` under the learner's autocast (the backward pass
@@ -370,7 +387,7 @@ class Learner:
             for k, bucket in enumerate(buckets):
                 batch = [samples[i] for i in bucket]
                 padding = k >= len(buckets) - filler
-                bonus = cfg.entropy_coef > 0
+                bonus = self.entropy_coef > 0
                 logp, mask, entropy = self._forward(self.model, batch, with_entropy=epoch == 0 or bonus, share=share,
                                                     entropy_grad=bonus)
                 t_max = logp.shape[1]
@@ -390,7 +407,7 @@ class Learner:
                     kl_tok = kl_estimate(logp, ref_lp, cfg.kl_estimator)
                     loss_tok = loss_tok + cfg.kl_beta * kl_tok
                 if bonus:  # maximise the policy's entropy: keeps a choice from saturating before it is learned
-                    loss_tok = loss_tok - cfg.entropy_coef * entropy
+                    loss_tok = loss_tok - self.entropy_coef * entropy
                 budgets = torch.tensor([[float(s.max_new_tokens or max_new_tokens)] for s in batch],
                                        device=self.device)  # (B, 1)
                 weights = token_weights(mask, cfg.aggregation, num_sequences=n_seq, num_tokens=n_tok,
@@ -423,6 +440,7 @@ class Learner:
             per_key, (real, computed, padded) = dp.sum_metrics(per_key, (real, computed, padded))
         metrics: dict[str, Any] = {
             "loss": totals["loss"], "grad_norm": totals["grad_norm"], "nonfinite": nonfinite,
+            "lr": self.optimizer.param_groups[0]["lr"], "entropy_coef": self.entropy_coef,
             "micro_batches": len(buckets) - filler, "padding_fraction": 1.0 - computed / padded if padded else 0.0,
             "trained_tokens": real * cfg.ppo_epochs,  # prompt + completion tokens of the samples
             "computed_tokens": computed * cfg.ppo_epochs,  # what the forward passes ran (shared prompts once)

@@ -263,3 +263,26 @@ def test_recomputed_old_logprobs_come_from_epoch_zeros_own_pass(model, monkeypat
     with torch.no_grad():
         for p, s in zip(params, start):
             p.copy_(s)  # the module-scoped model as the other tests found it
+
+
+def test_lr_and_entropy_bonus_follow_their_linear_schedules(model):
+    """``lr_final`` / ``entropy_coef_final``: linear from the start value at step 0 to the
+    final value at the run's last step; the optimizer and the loss use this step's values."""
+    from rolekit.config import AlgorithmConfig
+    from rolekit.learner import Learner, scheduled
+
+    assert scheduled(1e-4, None, 7, 10) == 1e-4
+    assert [scheduled(0.3, 0.0, s, 4) for s in range(5)] == pytest.approx([0.3, 0.2, 0.1, 0.0, 0.0])
+    params = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    cfg = AlgorithmConfig(lr=1e-3, lr_final=1e-5, entropy_coef=0.3, entropy_coef_final=0.0)
+    learner = Learner(model, params, cfg, device="cpu")
+    learner.at_step(2, 5)
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 + (1e-5 - 1e-3) * 0.5)
+    metrics = learner.step(samples(), max_new_tokens=5)
+    assert metrics["lr"] == pytest.approx(5.05e-4) and metrics["entropy_coef"] == pytest.approx(0.15)
+    learner.at_step(4, 5)
+    assert learner.entropy_coef == 0.0 and learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+    with torch.no_grad():
+        for p, s in zip(params, start):
+            p.copy_(s)  # the module-scoped model as the other tests found it
