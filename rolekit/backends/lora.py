@@ -117,7 +117,8 @@ class LeanLoRA:
     def _state(self, layers: list[tuple[str, Any]]) -> tuple:
         """What the view depends on besides the weights, read from the layers it was built
         from (cheap: no scan of the whole model) plus the adapter configuration."""
-        return (id(self.source.peft_config), tuple(self.source.peft_config), *(
+        device = next(self.source.parameters()).device  # moved: the view's buffers are the old ones
+        return (device, id(self.source.peft_config), tuple(self.source.peft_config), *(
             (id(m), m.merged, m.disable_adapters, tuple(m.active_adapters), tuple(m.lora_A), tuple(m.lora_variant))
             for _, m in layers))
 
