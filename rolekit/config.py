@@ -89,6 +89,7 @@ class AlgorithmConfig:
     kl_beta: float = attrs.field(default=0.0, validator=_non_negative)  # weight of KL to the reference
     entropy_coef: float = attrs.field(default=0.0, validator=_non_negative)  # bonus on the policy's entropy (choices: over the legal answers)
     entropy_coef_final: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))  # linear from entropy_coef to this at the last step (None: constant)
+    decay_from: int = attrs.field(default=0, validator=_non_negative)  # the step at which lr_final / entropy_coef_final's linear decay begins (constant before)
     kl_estimator: str = attrs.field(default="k3", validator=attrs.validators.in_(("k1", "k2", "k3")))
     max_grad_norm: float = attrs.field(default=1.0, validator=_positive)
     micro_batch_tokens: int = attrs.field(default=1024, validator=_positive)  # learner tokens per micro-batch (memory)

@@ -292,12 +292,14 @@ def _keep_input_dtype(model: Any, active: bool):
     return disable_input_dtype_casting(model)
 
 
-def scheduled(start: float, final: float | None, step: int, steps: int) -> float:
-    """A linearly scheduled value: ``start`` at step 0, ``final`` at step ``steps - 1`` (the
-    run's last), constant past it; ``final`` None keeps ``start``."""
-    if final is None or steps <= 1:
+def scheduled(start: float, final: float | None, step: int, steps: int, begin: int = 0) -> float:
+    """A linearly scheduled value: ``start`` up to step ``begin``, then linear to ``final`` at
+    step ``steps - 1`` (the run's last), constant past it; ``final`` None keeps ``start``."""
+    if final is None or step <= begin:
         return start
-    return start + (final - start) * min(1.0, step / (steps - 1))
+    if steps - 1 <= begin:
+        return final
+    return start + (final - start) * min(1.0, (step - begin) / (steps - 1 - begin))
 
 
 class Learner:
@@ -330,8 +332,8 @@ class Learner:
         of ``steps``: linear to ``lr_final`` / ``entropy_coef_final`` where they are set."""
         cfg = self.cfg
         for group in self.optimizer.param_groups:
-            group["lr"] = scheduled(cfg.lr, cfg.lr_final, step, steps)
-        self.entropy_coef = scheduled(cfg.entropy_coef, cfg.entropy_coef_final, step, steps)
+            group["lr"] = scheduled(cfg.lr, cfg.lr_final, step, steps, cfg.decay_from)
+        self.entropy_coef = scheduled(cfg.entropy_coef, cfg.entropy_coef_final, step, steps, cfg.decay_from)
 
     def _forward(self, model: Any, batch: Sequence[Sample], **kw):
         """``policy_logprobs`` of ``batch`` under the learner's autocast (the backward pass
