@@ -329,7 +329,8 @@ class Learner:
 
     def at_step(self, step: int, steps: int) -> None:
         """Set the learning rate and the entropy bonus of step ``step`` (0-based) of a run
-        of ``steps``: linear to ``lr_final`` / ``entropy_coef_final`` where they are set."""
+        of ``steps``: linear from ``decay_from`` to ``lr_final`` / ``entropy_coef_final``
+        where they are set."""
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = scheduled(cfg.lr, cfg.lr_final, step, steps, cfg.decay_from)

@@ -273,6 +273,8 @@ def test_lr_and_entropy_bonus_follow_their_linear_schedules(model):
 
     assert scheduled(1e-4, None, 7, 10) == 1e-4
     assert [scheduled(0.3, 0.0, s, 4) for s in range(5)] == pytest.approx([0.3, 0.2, 0.1, 0.0, 0.0])
+    assert [scheduled(0.3, 0.0, s, 6, begin=2) for s in range(7)] == pytest.approx([0.3, 0.3, 0.3, 0.2, 0.1, 0.0, 0.0])
+    assert scheduled(0.3, 0.1, 5, 4, begin=9) == 0.3 and scheduled(0.3, 0.1, 9, 10, begin=9) == 0.3
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
     cfg = AlgorithmConfig(lr=1e-3, lr_final=1e-5, entropy_coef=0.3, entropy_coef_final=0.0)
