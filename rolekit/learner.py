@@ -195,6 +195,18 @@ def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_e
     12 information sets; GRPO's n samples of one ask share one prompt). Without, every
     sample runs in full, right-padded, in one pass.
     """
+    # identical rows (the same prompt, completion and temperature: every sample of one Kuhn
+    # information set scores the same legal answers; GRPO answers that agree) run once, and
+    # their values are indexed out; gradients flow back through the index to the one row
+    keys = [(s.prompt_ids, s.completion_ids, s.temperature) for s in samples]
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    if len(first) < len(samples):
+        distinct = list(dict.fromkeys(keys))
+        row = {k: r for r, k in enumerate(distinct)}
+        logp, mask, entropy = completion_logprobs(model, [samples[first[k]] for k in distinct], device,
+                                                  with_entropy=with_entropy, share=share, entropy_grad=entropy_grad)
+        index = torch.tensor([row[k] for k in keys], device=logp.device)
+        return logp[index], mask[index], entropy[index] if entropy is not None else None
     decoder, head = split_model(model)
     t_max = max(len(s.completion_ids) for s in samples)
     if share is None:

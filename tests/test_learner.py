@@ -288,3 +288,32 @@ def test_lr_and_entropy_bonus_follow_their_linear_schedules(model):
     with torch.no_grad():
         for p, s in zip(params, start):
             p.copy_(s)  # the module-scoped model as the other tests found it
+
+
+def test_identical_rows_run_once_with_the_values_and_gradients_of_one_pass_each(model, monkeypatch):
+    """Samples with the same prompt, completion and temperature (each Kuhn information set's
+    legal answers, scored for every sample that reached it) run once; each sample still gets
+    its value, and gradients sum over the samples as if each had its own pass."""
+    from rolekit import learner as learner_module
+
+    batch = samples(n=6, seed=5)
+    batch = batch + [attrs.evolve(s, advantage=-s.advantage) for s in batch[:4]]  # 4 repeats
+    rows = []
+    hidden = learner_module._hidden_shared
+    monkeypatch.setattr(learner_module, "_hidden_shared", lambda d, ss, *a: rows.append(len(ss)) or hidden(d, ss, *a))
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = [random.Random(i).uniform(0.5, 2) for i in range(len(batch))]
+
+    model.zero_grad()
+    logp, mask, entropy = completion_logprobs(model, batch, "cpu", share=True, with_entropy=True)
+    (sum(w * logp[b][mask[b]].sum() for b, w in enumerate(weights))).backward()
+    assert rows == [6]  # the 10 samples' 6 distinct rows
+    deduped = [p.grad.clone() for p in params]
+    model.zero_grad()
+    expected = [full_pass(model, s) for s in batch]
+    (sum(w * e.sum() for w, e in zip(weights, expected))).backward()
+    for b, e in enumerate(expected):
+        torch.testing.assert_close(logp[b][mask[b]], e, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(entropy[6:], entropy[:4])
+    for a, e in zip(deduped, [p.grad for p in params]):
+        assert ((a - e).norm() / e.norm()).item() < 1e-4  # fp32 summation order differs, nothing else
