@@ -295,6 +295,18 @@ def recompute_old_logprobs(setting: bool | None, device, autocast_bf16: bool | N
     return bool(setting)
 
 
+def _attention(device, bf16: bool):
+    """The SDPA kernel of the learner's passes: on the CPU under bf16, the math one. CPU flash
+    attention's backward in bf16 took a quarter of a Kuhn learner step (12 ms a call on
+    short prompt-cache shapes); the math kernel made the step 1.25x faster there and ~1.03x
+    on ``bench/vs_trl.py``'s task (BENCHMARKS). fp32 and CUDA: torch's choice."""
+    if not bf16 or torch.device(device).type != "cpu":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def _keep_input_dtype(model: Any, active: bool):
     """peft's ``disable_input_dtype_casting`` where ``active`` and ``model`` is a peft model."""
     if not active or not hasattr(model, "peft_config"):
@@ -357,7 +369,7 @@ class Learner:
         same values), and the cast was a copy of every LoRA layer's input, forward and
         backward (~20 % of a bf16 learner step on the CPU)."""
         on = self.autocast_bf16 if self.autocast_bf16 is not None else mixed_precision(self.device)
-        with autocast(self.device, self.autocast_bf16), _keep_input_dtype(model, on):
+        with autocast(self.device, self.autocast_bf16), _keep_input_dtype(model, on), _attention(self.device, on):
             return policy_logprobs(model, batch, self.device, **kw)
 
     def step(self, samples: Sequence[Sample], max_new_tokens: int) -> dict[str, Any]:

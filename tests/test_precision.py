@@ -220,3 +220,24 @@ def test_learner_keeps_lora_inputs_in_bf16_under_autocast_with_the_same_values_a
     Learner(model, params, AlgorithmConfig(lr=1e-5), device="cpu", autocast_bf16=True).step(batch, max_new_tokens=3)
     assert seen and all(s == (torch.bfloat16, False) for s in seen)
     assert layer.cast_input_dtype_enabled  # restored after the step
+
+
+def test_learner_runs_the_math_attention_kernel_on_the_cpu_under_bf16_only():
+    """CPU flash attention's bf16 backward is slow on the learner's short shapes: under bf16
+    on the CPU the learner's passes run the math SDPA kernel; fp32 leaves torch's choice."""
+    from rolekit.config import AlgorithmConfig
+    from rolekit.learner import Learner
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(load_model(TINY, dtype=torch.bfloat16).model,
+                                peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    seen = []
+    attention = model.get_base_model().model.layers[0].self_attn
+    attention.register_forward_pre_hook(
+        lambda module, args: seen.append(torch._C._get_flash_sdp_enabled() or torch._C._get_mem_efficient_sdp_enabled()))
+    Learner(model, params, AlgorithmConfig(lr=1e-5), device="cpu", autocast_bf16=True).step(samples(), max_new_tokens=3)
+    assert seen and not any(seen)  # only the math kernel allowed
+    seen.clear()
+    Learner(model, params, AlgorithmConfig(lr=1e-5), device="cpu", autocast_bf16=False).step(samples(), max_new_tokens=3)
+    assert seen and all(seen)
