@@ -100,10 +100,10 @@ class LeanLoRA:
         peft model itself where no exact view exists."""
         if self._view is None or self._state(self._layers) != self._modules:  # the module tree: a full scan
             layers = _lora_layers(self.source)
-            if layers is None:
-                self._view = None
+            if layers is None:  # e.g. inside disable_adapter() (judge:frozen): peft itself, the view kept
                 return self.source
-            self._build(layers)
+            if self._view is None or [id(m) for _, m in layers] != [id(m) for _, m in self._layers]:
+                self._build(layers)
             self._layers, self._modules, self._weights = layers, self._state(layers), ()
         tensors = [t for _, m in self._layers for n in m.active_adapters if n in m.lora_A
                    for t in (m.lora_A[n].weight, m.lora_B[n].weight)]
