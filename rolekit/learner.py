@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from rolekit.backends.hf import (MIN_SHARED_PREFIX, autocast, mixed_precision, run_continuations, run_prompts,
+from rolekit.backends.hf import (MIN_SHARED_PREFIX, autocast, autocast_on, run_continuations, run_prompts,
                                  share_prompts, split_model)
 from rolekit.losses import kl_estimate, ppo_clip, token_weights
 from rolekit.types import Sample
@@ -199,11 +199,12 @@ def completion_logprobs(model: Any, samples: Sequence[Sample], device, *, with_e
     # information set scores the same legal answers; GRPO answers that agree) run once, and
     # their values are indexed out; gradients flow back through the index to the one row
     keys = [(s.prompt_ids, s.completion_ids, s.temperature) for s in samples]
-    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    first: dict[tuple, Sample] = {}  # each distinct row's first sample, in order
+    for k, s in zip(keys, samples):
+        first.setdefault(k, s)
     if len(first) < len(samples):
-        distinct = list(dict.fromkeys(keys))
-        row = {k: r for r, k in enumerate(distinct)}
-        logp, mask, entropy = completion_logprobs(model, [samples[first[k]] for k in distinct], device,
+        row = {k: r for r, k in enumerate(first)}
+        logp, mask, entropy = completion_logprobs(model, list(first.values()), device,
                                                   with_entropy=with_entropy, share=share, entropy_grad=entropy_grad)
         index = torch.tensor([row[k] for k in keys], device=logp.device)
         return logp[index], mask[index], entropy[index] if entropy is not None else None
@@ -291,7 +292,7 @@ def recompute_old_logprobs(setting: bool | None, device, autocast_bf16: bool | N
     ~1e-5 and the extra pass is saved.
     """
     if setting is None:
-        return mixed_precision(device) if autocast_bf16 is None else bool(autocast_bf16)
+        return autocast_on(device, autocast_bf16)
     return bool(setting)
 
 
@@ -368,7 +369,7 @@ class Learner:
         the fp32 adapter's dtype: autocast runs the adapter's matmuls in bf16 either way (the
         same values), and the cast was a copy of every LoRA layer's input, forward and
         backward (~20 % of a bf16 learner step on the CPU)."""
-        on = self.autocast_bf16 if self.autocast_bf16 is not None else mixed_precision(self.device)
+        on = autocast_on(self.device, self.autocast_bf16)
         with autocast(self.device, self.autocast_bf16), _keep_input_dtype(model, on), _attention(self.device, on):
             return policy_logprobs(model, batch, self.device, **kw)
 

@@ -96,12 +96,18 @@ def mixed_precision(device: Any) -> bool:
     return torch.device(device).type == "cuda"
 
 
+def autocast_on(device: Any, enabled: bool | None = None) -> bool:
+    """Does :func:`autocast` switch bf16 autocast on for ``device``? ``enabled`` None is
+    :func:`mixed_precision`'s default (CUDA only)."""
+    return mixed_precision(device) if enabled is None else bool(enabled)
+
+
 def autocast(device: Any, enabled: bool | None = None) -> contextlib.AbstractContextManager:
     """A context running forward passes on ``device`` under bf16 autocast, the weights left
     in their own dtype. ``enabled``: None is :func:`mixed_precision`'s default (CUDA only);
     True also works on the CPU (tests); off, a no-op."""
     device = torch.device(device)
-    if not (mixed_precision(device) if enabled is None else enabled):
+    if not autocast_on(device, enabled):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
@@ -478,8 +484,7 @@ class HFBackend:
         overhead) unless ``lean_lora`` is off, else the model itself."""
         if not self.lean_lora:
             return self.model
-        device = next(self.model.parameters()).device
-        on = mixed_precision(device) if self.autocast_bf16 is None else self.autocast_bf16
+        on = autocast_on(next(self.model.parameters()).device, self.autocast_bf16)
         return self._lean.model(torch.bfloat16 if on else None)
 
     # ------------------------------------------------------------------ batching
