@@ -36,7 +36,7 @@ The first step of each is a warm-up and is not counted.
     python bench/vs_trl.py                        # full: embedded model, 8 steps each
     python bench/vs_trl.py --before               # and rolekit on transformers' generate, interleaved
     python bench/vs_trl.py --bf16                 # both under bf16 autocast (a CPU with AMX)
-    python bench/vs_trl.py --bf16 --trl-fp32      # rolekit in bf16, TRL in fp32 (each at its fastest here)
+    python bench/vs_trl.py --bf16 --trl-fp32      # rolekit in bf16, TRL in fp32
     python bench/vs_trl.py --split                # one step's generation: shared, generate, prefill alone
     .venv-vllm/bin/python bench/vs_trl.py --backend vllm [--quick]   # make bench-vllm
 
@@ -291,7 +291,7 @@ def main() -> None:
     parser.add_argument("--backend", default="hf", choices=("hf", "vllm"),
                         help="rolekit's backend (vllm: an HF-backend trainer runs alongside)")
     parser.add_argument("--trl-fp32", action="store_true",
-                        help="with --bf16: TRL stays in fp32 (its faster setting on a CPU, measured), rolekit in bf16")
+                        help="with --bf16: TRL stays in fp32, rolekit in bf16")
     parser.add_argument("--bf16", action="store_true",
                         help="both under bf16 autocast, weights fp32 (rolekit model.bf16 = true, TRL bf16=True): "
                              "fast on a CPU with AMX")
